@@ -1,0 +1,106 @@
+"""Causal multi-head and grouped-query attention with a key/value cache: the baseline MLA improves on.
+
+Scaled dot-product attention (Vaswani et al., 2017, eq. 1): softmax(Q K^T / sqrt(H)) V, with a causal
+mask so that position t sees only positions <= t. Grouped-query attention (Ainslie et al., 2023) lets
+G = N / M query heads share one of M key/value heads: M = N is multi-head attention, M = 1 is
+multi-query attention. Fewer key/value heads means a smaller cache, which is what DeepSeek-V2's
+multi-head latent attention pushes much further (see `minids/mla.py` and DeepSeek-V2 Table 1).
+
+The cache. When generating, each new token needs the keys and values of every earlier token. Instead
+of recomputing them, each layer keeps them in a fixed-size buffer of S slots, writes the new ones at
+`index` and attends over the slots filled so far. A `key_mask` marks which slots hold real tokens, so
+prompts of different lengths can be left-padded into one batch and decoded together. The cache holds
+2 * M * H numbers per token per layer.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from minids.config import ModelConfig
+from minids.layers import apply_rope, dense
+
+_MASKED = -1e30  # finite, so a fully masked row (a padding query) gives a uniform softmax, not NaN
+
+
+def attention_mask(
+    q_len: int, kv_len: int, offset: Int[Array, ""] | int = 0, key_mask: Bool[Array, "B S"] | None = None
+) -> Bool[Array, "B T S"]:
+    """True where query t (stored at slot offset + t) may attend to key slot s: s <= offset + t."""
+    q_slot = offset + jnp.arange(q_len)
+    mask = jnp.arange(kv_len)[None, :] <= q_slot[:, None]  # (T, S)
+    mask = mask[None]  # (1, T, S)
+    if key_mask is not None:
+        mask = mask & key_mask[:, None, :]
+    return mask
+
+
+def dot_product_attention(
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B S M H"],
+    v: Float[Array, "B S M H"],
+    mask: Bool[Array, "B T S"],
+) -> Float[Array, "B T N H"]:
+    """softmax(q k^T / sqrt(H) + mask) v, with N = M * G query heads sharing M key/value heads."""
+    B, T, N, H = q.shape
+    M = k.shape[2]
+    q = q.reshape(B, T, M, N // M, H)  # (B, T, M, G, H)
+    scores = jnp.einsum("BTMGH,BSMH->BMGTS", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (H**-0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BMGTS,BSMH->BTMGH", probs, v)
+    return out.reshape(B, T, N, H)
+
+
+def causal_self_attention(
+    q: Float[Array, "B T N H"], k: Float[Array, "B T N H"], v: Float[Array, "B T N H"]
+) -> Float[Array, "B T N H"]:
+    """Plain causal attention over one sequence: the function exercise 00 asks students to write."""
+    return dot_product_attention(q, k, v, attention_mask(q.shape[1], k.shape[1]))
+
+
+class Attention(nnx.Module):
+    """Causal GQA self-attention with RoPE on queries and keys, and an optional KV cache."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.rope_theta = cfg.rope_theta
+        self.dtype = cfg.compute_dtype
+        self.wq = dense(cfg.d_model, cfg.n_heads * cfg.head_dim, cfg, rngs=rngs)
+        self.wk = dense(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg, rngs=rngs)
+        self.wv = dense(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg, rngs=rngs)
+        self.wo = dense(cfg.n_heads * cfg.head_dim, cfg.d_model, cfg, rngs=rngs,
+                        scale=1.0 / (2 * cfg.n_layers))
+
+    def init_cache(self, batch: int, max_len: int) -> dict[str, Array]:
+        """Zeroed cache buffers for one layer: keys and values, (B, S, M, H) each."""
+        shape = (batch, max_len, self.n_kv_heads, self.head_dim)
+        return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+
+    def __call__(
+        self,
+        x: Float[Array, "B T D"],
+        positions: Int[Array, "B T"],
+        *,
+        key_mask: Bool[Array, "B S"] | None = None,
+        cache: dict[str, Array] | None = None,
+        index: Int[Array, ""] | int = 0,
+    ) -> tuple[Float[Array, "B T D"], dict[str, Array] | None]:
+        """Attend causally. Without a cache, S = T; with one, the new keys go to slots index.. index+T-1."""
+        B, T, _ = x.shape
+        q = self.wq(x).reshape(B, T, self.n_heads, self.head_dim)  # (B, T, N, H)
+        k = self.wk(x).reshape(B, T, self.n_kv_heads, self.head_dim)  # (B, T, M, H)
+        v = self.wv(x).reshape(B, T, self.n_kv_heads, self.head_dim)
+        q = apply_rope(q, positions, self.rope_theta)
+        k = apply_rope(k, positions, self.rope_theta)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+            cache = {"k": k, "v": v}
+        mask = attention_mask(T, k.shape[1], index, key_mask)
+        out = dot_product_attention(q, k, v, mask)
+        return self.wo(out.reshape(B, T, self.n_heads * self.head_dim)), cache

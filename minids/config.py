@@ -1,0 +1,125 @@
+"""The whole model on one screen: frozen, validated configuration dataclasses and presets.
+
+Every model in minids is built from a `ModelConfig`. It is a frozen dataclass, so a variant is made
+with `dataclasses.replace(cfg, n_layers=4)` (or `preset("tiny", n_layers=4)`), and it is validated
+in `__post_init__`: a bad value raises `ValueError` naming the field, the value and the rule, before
+anything is traced or compiled.
+
+Later techniques attach their own sub-configs here (`mla`, `moe`, `fp8`, `mtp`); until a module
+defines them they stay `None`, which means "the plain baseline transformer".
+
+Presets:
+
+- `tiny`: about 0.4M parameters, learns the shipped arithmetic and string tasks in a few minutes on a
+  2-core CPU. The notebooks use it.
+- `small`: about 5M parameters, for benchmarks and quick single-accelerator experiments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_positive_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if value != value or value == float("inf"):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of a decoder-only transformer (pre-norm, RoPE, SwiGLU, GQA)."""
+
+    vocab_size: int = 128  # >= the tokenizer's vocabulary; padded to a round number
+    d_model: int = 128  # D, the residual-stream width
+    n_layers: int = 2
+    n_heads: int = 4  # N, query heads
+    n_kv_heads: int = 4  # key/value heads: N for MHA, 1 for MQA, anything dividing N for GQA
+    head_dim: int = 32  # H
+    ffn_dim: int = 384  # F, the SwiGLU hidden width
+    max_seq_len: int = 64  # the longest sequence (prompt + answer) the model is used on
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    dtype: str = "float32"  # compute dtype: float32 on CPU, bfloat16 on an accelerator
+    param_dtype: str = "float32"  # master weights stay float32
+    tie_embeddings: bool = False
+    seed: int = 0
+    # Room for the techniques that later modules add (MLA, MoE, FP8, MTP). None = baseline.
+    mla: Any = None
+    moe: Any = None
+    fp8: Any = None
+    mtp: Any = None
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                     "ffn_dim", "max_seq_len"):
+            _check_positive_int(name, getattr(self, name))
+        _check_positive_float("rope_theta", self.rope_theta)
+        _check_positive_float("norm_eps", self.norm_eps)
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads}): "
+                "each key/value head is shared by n_heads // n_kv_heads query heads"
+            )
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim must be even for RoPE (it rotates pairs), got {self.head_dim}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings must be a bool, got {self.tie_embeddings!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        vocab_size=128, d_model=128, n_layers=3, n_heads=4, n_kv_heads=4, head_dim=32,
+        ffn_dim=384, max_seq_len=32,
+    ),
+    "small": ModelConfig(
+        vocab_size=128, d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, head_dim=32,
+        ffn_dim=768, max_seq_len=256,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A preset config by name, with optional field overrides: `preset("tiny", n_layers=4)`."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return dataclasses.replace(PRESETS[name], **overrides)

@@ -1,0 +1,287 @@
+"""Data: a character tokenizer, seeded generators of verifiable tasks, the shipped splits, batching.
+
+Every example is a `(prompt, answer)` pair from a task that can also *check* an answer. Training
+learns `prompt -> answer`; evaluation and, later, GRPO's rule-based rewards (DeepSeek-R1 §2.2.2) call
+the same `Task.check`. The tasks are small on purpose, and different in kind (arithmetic, sorting,
+reversing, counting), so that later notebooks can watch MoE experts specialise by task.
+
+    add    "47+85="        -> "132"     two-digit addition, carries included
+    sub    "85-47="        -> "38"      two-digit subtraction with a non-negative result
+    sort   "sort 30817="   -> "01378"   sort five digits
+    rev    "rev kqzta="    -> "atzqk"   reverse five letters
+    count  "count a abca=" -> "2"       how often a letter occurs in eight letters
+
+`python -m minids.data` regenerates `data/{train,val,test}.jsonl` bit for bit from a seed. Each task's
+prompts are drawn without repetition and then split, so no prompt appears in two splits. Files are
+read back through Hugging Face `datasets` (`load_dataset("json")`, local files, no network); a user's
+own local `.jsonl` (with `prompt`/`answer` fields, or `text`) or `.txt` file can be used instead.
+
+A sequence is `[BOS] prompt answer [EOS]`, right-padded with PAD. The loss covers the answer and the
+EOS only: the model is never asked to predict a random prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SPLITS = ("train", "val", "test")
+
+
+class CharTokenizer:
+    """One id per character of printable ASCII (plus newline), after three special tokens."""
+
+    PAD, BOS, EOS = 0, 1, 2
+    SPECIALS = ("<pad>", "<bos>", "<eos>")
+    ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
+
+    def __init__(self) -> None:
+        self._id = {ch: i + len(self.SPECIALS) for i, ch in enumerate(self.ALPHABET)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.SPECIALS) + len(self.ALPHABET)
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = []
+        for pos, ch in enumerate(text):
+            if ch not in self._id:
+                raise ValueError(
+                    f"character {ch!r} at position {pos} of {text[:40]!r} is not in the tokenizer's "
+                    "alphabet (printable ASCII and newline)"
+                )
+            ids.append(self._id[ch])
+        return [self.BOS] * bos + ids + [self.EOS] * eos
+
+    def decode(self, ids: Sequence[int], *, stop_at_eos: bool = True) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.EOS and stop_at_eos:
+                break
+            if i >= len(self.SPECIALS) and i < self.vocab_size:
+                out.append(self.ALPHABET[i - len(self.SPECIALS)])
+        return "".join(out)
+
+
+# ----------------------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class Task:
+    """A verifiable task: `make(rng)` gives (prompt, answer); `check(prompt, answer)` grades one."""
+
+    name: str
+    make: Callable[[random.Random], tuple[str, str]]
+    solve: Callable[[str], str]  # the exact answer for a prompt of this task
+
+    def check(self, prompt: str, answer: str) -> bool:
+        """True when `answer` is exactly right (surrounding whitespace ignored). Never raises."""
+        try:
+            return answer.strip() == self.solve(prompt)
+        except Exception:
+            return False
+
+
+def _two_digit(rng: random.Random) -> int:
+    return rng.randint(10, 99)
+
+
+def _make_add(rng):
+    a, b = _two_digit(rng), _two_digit(rng)
+    return f"{a}+{b}=", str(a + b)
+
+
+def _solve_add(prompt):
+    a, b = prompt.rstrip("=").split("+")
+    return str(int(a) + int(b))
+
+
+def _make_sub(rng):
+    a, b = sorted((_two_digit(rng), _two_digit(rng)), reverse=True)
+    return f"{a}-{b}=", str(a - b)
+
+
+def _solve_sub(prompt):
+    a, b = prompt.rstrip("=").split("-")
+    return str(int(a) - int(b))
+
+
+def _make_sort(rng):
+    digits = "".join(rng.choice(string.digits) for _ in range(5))
+    return f"sort {digits}=", "".join(sorted(digits))
+
+
+def _make_rev(rng):
+    letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(5))
+    return f"rev {letters}=", letters[::-1]
+
+
+def _make_count(rng):
+    alphabet = "abcd"  # few letters, so counts from 0 to 8 all occur
+    letters = "".join(rng.choice(alphabet) for _ in range(8))
+    target = rng.choice(alphabet)
+    return f"count {target} {letters}=", str(letters.count(target))
+
+
+def _solve_count(prompt):
+    _, target, letters = prompt.rstrip("=").split(" ")
+    return str(letters.count(target))
+
+
+TASKS: dict[str, Task] = {
+    "add": Task("add", _make_add, _solve_add),
+    "sub": Task("sub", _make_sub, _solve_sub),
+    "sort": Task("sort", _make_sort, lambda p: "".join(sorted(p.split(" ")[1].rstrip("=")))),
+    "rev": Task("rev", _make_rev, lambda p: p.split(" ")[1].rstrip("=")[::-1]),
+    "count": Task("count", _make_count, _solve_count),
+}
+
+DEFAULT_SIZES = {"train": 3000, "val": 200, "test": 500}  # per task (sub has 4095 prompts)
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+def generate_splits(
+    seed: int = 0, sizes: dict[str, int] | None = None, tasks: Sequence[str] | None = None
+) -> dict[str, list[dict[str, str]]]:
+    """Examples {"task", "prompt", "answer"} per split; prompts are unique across all splits."""
+    sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    if set(sizes) != set(SPLITS) or any(not isinstance(n, int) or n < 0 for n in sizes.values()):
+        raise ValueError(f"sizes must map each of {SPLITS} to a non-negative int, got {sizes!r}")
+    tasks = list(TASKS) if tasks is None else list(tasks)
+    splits: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
+    for t_index, name in enumerate(tasks):
+        task = get_task(name)
+        rng = random.Random(seed * 1_000_003 + t_index)
+        want, seen, pool = sum(sizes.values()), set(), []
+        for _ in range(want * 50):  # draws without repetition
+            prompt, answer = task.make(rng)
+            if prompt not in seen:
+                seen.add(prompt)
+                pool.append({"task": name, "prompt": prompt, "answer": answer})
+                if len(pool) == want:
+                    break
+        if len(pool) < want:
+            raise ValueError(f"task {name!r} has only {len(pool)} distinct prompts, {want} requested")
+        start = 0
+        for split in SPLITS:
+            splits[split].extend(pool[start : start + sizes[split]])
+            start += sizes[split]
+    for split in SPLITS:
+        random.Random(seed * 7919 + SPLITS.index(split)).shuffle(splits[split])
+    return splits
+
+
+def write_splits(out_dir: Path | str = DATA_DIR, seed: int = 0, sizes=None) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for split, rows in generate_splits(seed, sizes).items():
+        path = out_dir / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def load_split(split: str, data_dir: Path | str = DATA_DIR) -> list[dict[str, str]]:
+    """The shipped examples of one split, read through Hugging Face `datasets` (no network)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return load_local(Path(data_dir) / f"{split}.jsonl")
+
+
+def load_local(path: Path | str) -> list[dict[str, str]]:
+    """A user's local dataset: `.jsonl` with prompt/answer (or text) fields, or a `.txt` file.
+
+    Rows become {"task", "prompt", "answer"}; plain text becomes rows with an empty prompt, so the
+    model learns every character.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"dataset path {str(path)!r} does not exist")
+    import datasets  # imported here: it is slow to import and only needed for loading
+
+    datasets.disable_progress_bars()
+    if path.suffix in (".jsonl", ".json"):
+        ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        cols = set(ds.column_names)
+        if {"prompt", "answer"} <= cols:
+            tasks = ds["task"] if "task" in cols else ["custom"] * len(ds)
+            return [{"task": t, "prompt": p, "answer": a}
+                    for t, p, a in zip(tasks, ds["prompt"], ds["answer"], strict=True)]
+        if "text" in cols:
+            return [{"task": "text", "prompt": "", "answer": t} for t in ds["text"]]
+        raise ValueError(f"{path} needs 'prompt' and 'answer' fields, or a 'text' field; has {sorted(cols)}")
+    if path.suffix == ".txt":
+        ds = datasets.load_dataset("text", data_files=str(path), split="train")
+        return [{"task": "text", "prompt": "", "answer": t} for t in ds["text"] if t]
+    raise ValueError(f"dataset path must end in .jsonl, .json or .txt, got {str(path)!r}")
+
+
+# -------------------------------------------------------------------------------------- batching
+
+
+def encode_examples(
+    examples: Sequence[dict[str, str]], tokenizer: CharTokenizer, seq_len: int
+) -> dict[str, np.ndarray]:
+    """Arrays for training: inputs (B, T), targets (B, T) shifted by one, and a loss mask (B, T).
+
+    Long texts (prompt + answer + 2 specials > seq_len + 1) raise `ValueError`; the shipped tasks fit.
+    """
+    n = len(examples)
+    tokens = np.full((n, seq_len + 1), tokenizer.PAD, dtype=np.int32)
+    answer_mask = np.zeros((n, seq_len + 1), dtype=bool)
+    for i, ex in enumerate(examples):
+        p = tokenizer.encode(ex["prompt"], bos=True)
+        a = tokenizer.encode(ex["answer"], eos=True)
+        if len(p) + len(a) > seq_len + 1:
+            raise ValueError(
+                f"example {i} ({ex['prompt'][:30]!r}...) is {len(p) + len(a)} tokens long; "
+                f"seq_len {seq_len} fits at most {seq_len + 1}. Raise max_seq_len or shorten it"
+            )
+        tokens[i, : len(p) + len(a)] = p + a
+        answer_mask[i, len(p) : len(p) + len(a)] = True
+    return {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "loss_mask": answer_mask[:, 1:].astype(np.float32),
+    }
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """The examples of training step `step`: a function of (seed, step) alone, so resuming replays."""
+    if batch_size > n:
+        raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({n})")
+    return np.random.default_rng([seed, step]).choice(n, size=batch_size, replace=False)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m minids.data",
+        description="Regenerate the shipped task datasets (data/{train,val,test}.jsonl) from a seed.",
+    )
+    parser.add_argument("--out", default=str(DATA_DIR), help="output folder (default: data/)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    args = parser.parse_args(argv)
+    for path in write_splits(args.out, args.seed):
+        print(f"wrote {path} ({sum(1 for _ in path.open())} examples)")
+
+
+if __name__ == "__main__":
+    main()

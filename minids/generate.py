@@ -1,0 +1,200 @@
+"""Sampling from a model with a KV cache, compiled end to end.
+
+Prompts of different lengths are left-padded into one batch so that they all end at the same slot;
+a mask keeps padding out of attention, and each sequence's positions count only its real tokens.
+One prefill pass writes the prompts' keys and values into the cache, then a `lax.while_loop` decodes
+one token per iteration: embed it, attend over the cache, sample. The loop stops when every sequence
+has produced EOS or `max_new_tokens` is reached; a finished sequence emits PAD from then on.
+
+Sampling: temperature 0 is greedy (argmax); otherwise logits are divided by the temperature, then
+optionally restricted to the `top_k` most likely tokens and/or the smallest set whose probability
+reaches `top_p` (nucleus sampling, Holtzman et al., 2020), and sampled with an explicit `jax.random`
+key. The same key gives the same samples.
+
+`generate_recompute` is the readable reference without a cache: it re-runs the whole sequence for
+every new token. It gives the same greedy tokens, at a cost that grows with the square of the length
+(`benchmarks/bench_train.py` measures the ratio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from minids.data import CharTokenizer
+from minids.model import Transformer
+
+
+@dataclass
+class Generation:
+    tokens: np.ndarray  # (B, max_new_tokens) generated ids, PAD after EOS
+    lengths: np.ndarray  # (B,) tokens generated before (not counting) EOS
+    logprobs: np.ndarray  # (B, max_new_tokens) log-prob of each token under the model (temperature 1)
+
+
+def sample_logits(
+    logits: Float[Array, "B V"], key: Array, temperature: Array | float, top_k: int | None,
+    top_p: Array | float,
+) -> Int[Array, B]:
+    """Pick one token per row: greedy at temperature 0, else temperature / top-k / top-p sampling."""
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    if top_k is not None:
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    # Nucleus: keep the most likely tokens until their cumulative probability reaches top_p.
+    order = jnp.argsort(-scaled, axis=-1)
+    sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+    keep_sorted = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs < top_p
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(scaled.shape[0])[:, None], order].set(keep_sorted)
+    scaled = jnp.where(keep, scaled, -jnp.inf)
+    sampled = jax.random.categorical(key, scaled, axis=-1)
+    return jnp.where(temperature > 0, sampled, greedy)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 8):
+    """Left-pad token lists to a common length (rounded up to `multiple` to limit recompiles)."""
+    if len(prompts) == 0 or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty token sequences")
+    width = -(-max(len(p) for p in prompts) // multiple) * multiple
+    tokens = np.full((len(prompts), width), pad_id, dtype=np.int32)
+    mask = np.zeros((len(prompts), width), dtype=bool)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = True
+    return tokens, mask
+
+
+def _positions(mask):
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+@partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_id", "pad_id"))
+def _generate_cached(model, tokens, mask, key, temperature, top_p, *, max_new_tokens, top_k,
+                     eos_id, pad_id):
+    B, P = tokens.shape
+    cache = model.init_cache(B, P + max_new_tokens)
+    positions = _positions(mask)
+    logits, cache = model.forward_cached(tokens, positions, cache, mask)
+    state = dict(
+        step=jnp.zeros((), jnp.int32), logits=logits[:, -1], cache=cache,
+        position=positions[:, -1] + 1, done=jnp.zeros((B,), bool), key=key,
+        out=jnp.full((B, max_new_tokens), pad_id, jnp.int32),
+        logprobs=jnp.zeros((B, max_new_tokens), jnp.float32),
+    )
+
+    def cond(s):
+        return (s["step"] < max_new_tokens) & ~jnp.all(s["done"])
+
+    def body(s):
+        key, sub = jax.random.split(s["key"])
+        token = sample_logits(s["logits"], sub, temperature, top_k, top_p)
+        token = jnp.where(s["done"], pad_id, token)
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(s["logits"]), token[:, None], axis=-1)[:, 0]
+        logits, cache = model.forward_cached(token[:, None], s["position"][:, None], s["cache"])
+        return dict(
+            step=s["step"] + 1, logits=logits[:, -1], cache=cache, position=s["position"] + 1,
+            done=s["done"] | (token == eos_id), key=key,
+            out=s["out"].at[:, s["step"]].set(token),
+            logprobs=s["logprobs"].at[:, s["step"]].set(jnp.where(s["done"], 0.0, logprob)),
+        )
+
+    s = jax.lax.while_loop(cond, body, state)
+    return s["out"], s["logprobs"]
+
+
+@partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_id", "pad_id"))
+def _generate_recompute(model, tokens, mask, key, temperature, top_p, *, max_new_tokens, top_k,
+                        eos_id, pad_id):
+    B, P = tokens.shape
+    buf = jnp.concatenate([tokens, jnp.full((B, max_new_tokens), pad_id, jnp.int32)], axis=1)
+    buf_mask = jnp.concatenate([mask, jnp.zeros((B, max_new_tokens), bool)], axis=1)
+
+    def body(step, s):
+        buf, buf_mask, done, key = s
+        logits = model(buf, _positions(buf_mask), key_mask=buf_mask)  # the whole sequence, every step
+        last = jax.lax.dynamic_index_in_dim(logits, P + step - 1, axis=1, keepdims=False)
+        key, sub = jax.random.split(key)
+        token = jnp.where(done, pad_id, sample_logits(last, sub, temperature, top_k, top_p))
+        buf = jax.lax.dynamic_update_slice(buf, token[:, None], (0, P + step))
+        buf_mask = jax.lax.dynamic_update_slice(buf_mask, jnp.ones((B, 1), bool), (0, P + step))
+        return buf, buf_mask, done | (token == eos_id), key
+
+    buf, *_ = jax.lax.fori_loop(0, max_new_tokens, body, (buf, buf_mask, jnp.zeros((B,), bool), key))
+    return buf[:, P:]
+
+
+def _check_sampling(model, max_new_tokens, temperature, top_k, top_p):
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be a minids Transformer, got {type(model).__name__}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= model.cfg.vocab_size):
+        raise ValueError(f"top_k must be None or an int in [1, {model.cfg.vocab_size}], got {top_k!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 16,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    key: Array | None = None,
+    eos_id: int = CharTokenizer.EOS,
+    pad_id: int = CharTokenizer.PAD,
+    use_cache: bool = True,
+) -> Generation:
+    """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens."""
+    _check_sampling(model, max_new_tokens, temperature, top_k, top_p)
+    tokens, mask = left_pad(prompts, pad_id)
+    key = jax.random.key(0) if key is None else key
+    args = (model, jnp.asarray(tokens), jnp.asarray(mask), key, jnp.float32(temperature),
+            jnp.float32(top_p))
+    static = dict(max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id, pad_id=pad_id)
+    if use_cache:
+        out, logprobs = _generate_cached(*args, **static)
+    else:
+        out, logprobs = _generate_recompute(*args, **static), jnp.zeros((len(prompts), max_new_tokens))
+    out = np.asarray(out)
+    is_eos = out == eos_id
+    lengths = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1), max_new_tokens)
+    return Generation(tokens=out, lengths=lengths, logprobs=np.asarray(logprobs))
+
+
+def generate_recompute(model: Transformer, prompts: Sequence[Sequence[int]], **kwargs) -> Generation:
+    """The reference without a cache (see the module docstring); same arguments as `generate`."""
+    return generate(model, prompts, use_cache=False, **kwargs)
+
+
+def generate_text(
+    model: Transformer,
+    tokenizer: CharTokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 256,
+    **kwargs,
+) -> list[str]:
+    """Complete text prompts; returns the generated text of each, cut at EOS."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings; wrap a single prompt in a list")
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [tokenizer.encode(p, bos=True) for p in prompts[start : start + batch_size]]
+        gen = generate(model, chunk, max_new_tokens=max_new_tokens, **kwargs)
+        results.extend(tokenizer.decode(row) for row in gen.tokens)
+    return results

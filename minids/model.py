@@ -1,0 +1,135 @@
+"""The Transformer: blocks assembled from a `ModelConfig`, and nothing else.
+
+A pre-norm decoder (as in LLaMA and DeepSeek): each block adds attention of the normalised stream,
+then a feed-forward network of the normalised stream, to the residual stream x:
+
+    x = x + Attention(RMSNorm(x))
+    x = x + FFN(RMSNorm(x))
+
+then a final RMSNorm and a linear head give next-token logits.
+
+Shape letters, used in every module's annotations and einsums:
+
+    B batch            T query length        S key length (cache slots)
+    D model width      N query heads         M key/value heads (N = M * G)
+    G group size       H head dim            F feed-forward width
+    E experts          K experts per token   C latent width (kv_lora_rank)
+    R rope dim         V vocabulary          L layers
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+from jaxtyping import Array, Bool, Float, Int
+
+from minids.attention import Attention
+from minids.config import ModelConfig
+from minids.layers import Embedding, RMSNorm, SwiGLU, dense
+
+
+@struct.dataclass
+class KVCache:
+    """Per-layer cache buffers, which slots hold real tokens, and the next slot to write."""
+
+    layers: tuple[dict[str, Array], ...]
+    key_mask: Bool[Array, "B S"]
+    index: Int[Array, ""]
+
+    @property
+    def max_len(self) -> int:
+        return self.key_mask.shape[1]
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache buffers (keys and values of every layer)."""
+        return sum(a.nbytes for layer in self.layers for a in layer.values())
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.ffn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
+        self.ffn = SwiGLU(cfg, rngs=rngs)
+
+    def __call__(self, x, positions, *, key_mask=None, cache=None, index=0):
+        h, cache = self.attn(self.attn_norm(x), positions, key_mask=key_mask, cache=cache, index=index)
+        x = x + h
+        x = x + self.ffn(self.ffn_norm(x))
+        return x, cache
+
+
+class Transformer(nnx.Module):
+    """A decoder-only language model: `model(tokens)` gives logits (B, T, V) in float32."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+        rngs = rngs if rngs is not None else nnx.Rngs(cfg.seed)
+        self.cfg = cfg
+        self.embed = Embedding(cfg, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
+        self.lm_head = None if cfg.tie_embeddings else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs)
+
+    def _logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+        x = self.final_norm(x)
+        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+        return logits.astype(jnp.float32)
+
+    def __call__(
+        self,
+        tokens: Int[Array, "B T"],
+        positions: Int[Array, "B T"] | None = None,
+        key_mask: Bool[Array, "B T"] | None = None,
+    ) -> Float[Array, "B T V"]:
+        """Full-sequence causal forward pass (training, evaluation, scoring).
+
+        `key_mask` (False for padding) is needed only when padding comes *before* real tokens.
+        """
+        B, T = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x, _ = block(x, positions, key_mask=key_mask)
+        return self._logits(x)
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty cache with `max_len` slots per sequence."""
+        return KVCache(
+            layers=tuple(block.attn.init_cache(batch, max_len) for block in self.blocks),
+            key_mask=jnp.zeros((batch, max_len), dtype=bool),
+            index=jnp.zeros((), dtype=jnp.int32),
+        )
+
+    def forward_cached(
+        self,
+        tokens: Int[Array, "B T"],
+        positions: Int[Array, "B T"],
+        cache: KVCache,
+        token_mask: Bool[Array, "B T"] | None = None,
+    ) -> tuple[Float[Array, "B T V"], KVCache]:
+        """Run T new tokens against the cache (a prompt prefill, or one decoding step).
+
+        `token_mask` is False for padding tokens: they are stored but never attended to.
+        """
+        B, T = tokens.shape
+        if token_mask is None:
+            token_mask = jnp.ones((B, T), dtype=bool)
+        key_mask = jax.lax.dynamic_update_slice(cache.key_mask, token_mask, (0, cache.index))
+        x = self.embed(tokens)
+        new_layers = []
+        for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
+            x, layer_cache = block(x, positions, key_mask=key_mask, cache=layer_cache,
+                                   index=cache.index)
+            new_layers.append(layer_cache)
+        cache = KVCache(layers=tuple(new_layers), key_mask=key_mask, index=cache.index + T)
+        return self._logits(x), cache
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters (`nnx.Param` leaves) in a model."""
+    params = nnx.state(model, nnx.Param)
+    return int(sum(x.size for x in jax.tree.leaves(params)))
