@@ -42,7 +42,7 @@ class Generation:
 def sample_logits(
     logits: Float[Array, "B V"], key: Array, temperature: Array | float, top_k: int | None,
     top_p: Array | float,
-) -> Int[Array, B]:
+) -> Int[Array, " B"]:
     """Pick one token per row: greedy at temperature 0, else temperature / top-k / top-p sampling."""
     greedy = jnp.argmax(logits, axis=-1)
     scaled = logits / jnp.maximum(temperature, 1e-6)
