@@ -76,7 +76,7 @@ class ModelConfig:
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim must be even for RoPE (it rotates pairs), got {self.head_dim}")
         for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"tie_embeddings must be a bool, got {self.tie_embeddings!r}")
@@ -109,7 +109,7 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         vocab_size=128, d_model=128, n_layers=3, n_heads=4, n_kv_heads=4, head_dim=32,
-        ffn_dim=384, max_seq_len=32,
+        ffn_dim=384, max_seq_len=24,
     ),
     "small": ModelConfig(
         vocab_size=128, d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, head_dim=32,

@@ -145,7 +145,13 @@ TASKS: dict[str, Task] = {
     "count": Task("count", _make_count, _solve_count),
 }
 
-DEFAULT_SIZES = {"train": 3000, "val": 200, "test": 500}  # per task (sub has 4095 prompts)
+# Examples per task and split. The arithmetic tasks get more training examples: they are the hard ones.
+# (Two-digit addition has 8100 distinct prompts and subtraction 4095, so these sizes fit.)
+DEFAULT_SIZES: dict[str, int | dict[str, int]] = {
+    "train": {"add": 6000, "sub": 3300, "sort": 2000, "rev": 2000, "count": 2000},
+    "val": 200,
+    "test": 500,
+}
 
 
 def get_task(name: str) -> Task:
@@ -155,18 +161,27 @@ def get_task(name: str) -> Task:
 
 
 def generate_splits(
-    seed: int = 0, sizes: dict[str, int] | None = None, tasks: Sequence[str] | None = None
+    seed: int = 0,
+    sizes: dict[str, int | dict[str, int]] | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> dict[str, list[dict[str, str]]]:
-    """Examples {"task", "prompt", "answer"} per split; prompts are unique across all splits."""
+    """Examples {"task", "prompt", "answer"} per split; prompts are unique across all splits.
+
+    `sizes` maps each split to a count per task: one int for every task, or a dict task -> int.
+    """
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
-    if set(sizes) != set(SPLITS) or any(not isinstance(n, int) or n < 0 for n in sizes.values()):
-        raise ValueError(f"sizes must map each of {SPLITS} to a non-negative int, got {sizes!r}")
     tasks = list(TASKS) if tasks is None else list(tasks)
+    if set(sizes) != set(SPLITS):
+        raise ValueError(f"sizes must have exactly the keys {SPLITS}, got {sorted(sizes)}")
+    per_task = {split: n if isinstance(n, dict) else dict.fromkeys(tasks, n) for split, n in sizes.items()}
+    for split, counts in per_task.items():
+        if any(not isinstance(counts.get(t), int) or counts[t] < 0 for t in tasks):
+            raise ValueError(f"sizes[{split!r}] must give a non-negative int for each task {tasks}, got {counts!r}")
     splits: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
     for t_index, name in enumerate(tasks):
         task = get_task(name)
         rng = random.Random(seed * 1_000_003 + t_index)
-        want, seen, pool = sum(sizes.values()), set(), []
+        want, seen, pool = sum(per_task[s][name] for s in SPLITS), set(), []
         for _ in range(want * 50):  # draws without repetition
             prompt, answer = task.make(rng)
             if prompt not in seen:
@@ -178,8 +193,8 @@ def generate_splits(
             raise ValueError(f"task {name!r} has only {len(pool)} distinct prompts, {want} requested")
         start = 0
         for split in SPLITS:
-            splits[split].extend(pool[start : start + sizes[split]])
-            start += sizes[split]
+            splits[split].extend(pool[start : start + per_task[split][name]])
+            start += per_task[split][name]
     for split in SPLITS:
         random.Random(seed * 7919 + SPLITS.index(split)).shuffle(splits[split])
     return splits

@@ -198,3 +198,30 @@ def generate_text(
         gen = generate(model, chunk, max_new_tokens=max_new_tokens, **kwargs)
         results.extend(tokenizer.decode(row) for row in gen.tokens)
     return results
+
+
+def task_accuracy(
+    model: Transformer,
+    examples: Sequence[dict[str, str]],
+    tokenizer: CharTokenizer | None = None,
+    *,
+    max_new_tokens: int = 8,
+    **kwargs,
+) -> dict[str, float]:
+    """Greedy exact-match accuracy per task (and "all") on (prompt, answer) examples.
+
+    A shipped task grades with its own `check`; any other task compares the stripped strings.
+    """
+    from minids.data import TASKS
+
+    tokenizer = tokenizer or CharTokenizer()
+    outputs = generate_text(model, tokenizer, [e["prompt"] for e in examples],
+                            max_new_tokens=max_new_tokens, **kwargs)
+    hits: dict[str, list[bool]] = {}
+    for ex, out in zip(examples, outputs, strict=True):
+        task = TASKS.get(ex["task"])
+        ok = task.check(ex["prompt"], out) if task else out.strip() == ex["answer"].strip()
+        hits.setdefault(ex["task"], []).append(ok)
+    acc = {name: float(np.mean(v)) for name, v in hits.items()}
+    acc["all"] = float(np.mean([h for v in hits.values() for h in v])) if hits else 0.0
+    return acc

@@ -66,6 +66,10 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "b1", "b2", "grad_clip"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise ValueError(f"lr must be in (0, 1), got {self.lr!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -315,3 +319,10 @@ def _progress_bar(iterable, **kwargs):
     from tqdm.auto import tqdm  # a widget in Jupyter, a text bar in a terminal
 
     return tqdm(iterable, **kwargs)
+
+
+# The training recipe that goes with each model preset (the notebooks and `python -m minids train`).
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(steps=2000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=250),
+    "small": TrainConfig(steps=2000, batch_size=32, lr=1e-3, warmup_steps=200, eval_every=250),
+}

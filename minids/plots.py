@@ -1,0 +1,73 @@
+"""Matplotlib figures shared by the notebooks and the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def smooth(values, window: int = 25) -> np.ndarray:
+    """Trailing moving average (the first points average over what exists so far)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return values
+    csum = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+def plot_loss(history, ax=None, label: str = "train", title: str | None = "Training loss"):
+    """Training loss (raw and smoothed) and validation loss against step. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 4))
+    else:
+        fig = ax.figure
+    line = ax.plot(history.step, history.loss, alpha=0.25)[0]
+    ax.plot(history.step, smooth(history.loss), color=line.get_color(), label=f"{label} (smoothed)")
+    if history.val_step:
+        ax.plot(history.val_step, history.val_loss, "o-", color=line.get_color(), alpha=0.8,
+                markersize=4, label=f"{label} validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (answer tokens)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_loss_plot(history, path: Path | str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig = plot_loss(history)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_task_accuracy(accuracy: dict[str, float], ax=None, title: str = "Held-out exact match"):
+    """A bar chart of exact-match accuracy per task."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3))
+    else:
+        fig = ax.figure
+    names = list(accuracy)
+    bars = ax.bar(names, [100 * accuracy[n] for n in names], color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("% exactly right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
