@@ -34,13 +34,14 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
         x32 = x.astype(jnp.float32)
         rms = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * rms * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+        scale = self.scale[...].astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
+        return (x32 * rms * scale).astype(x.dtype)
 
 
 def rope_angles(positions: Int[Array, "B T"], head_dim: int, theta: float) -> Float[Array, "B T H2"]:
     """Rotation angle of each channel pair at each position: positions * theta^(-2i/H)."""
     inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)  # (H/2,)
-    return positions.astype(jnp.float32)[..., None] * inv_freq
+    return positions.astype(jnp.float32)[..., None] * inv_freq.reshape((1,) * positions.ndim + (-1,))
 
 
 def apply_rope(

@@ -133,7 +133,7 @@ def loss_fn(model: Transformer, batch: dict[str, jax.Array]) -> jax.Array:
 def train_step(model: Transformer, optimizer: nnx.Optimizer, batch: dict[str, jax.Array]):
     loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
     optimizer.update(model, grads)
-    return {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 @nnx.jit
@@ -168,6 +168,10 @@ def save_checkpoint(
     import orbax.checkpoint as ocp
 
     path = Path(path).resolve()
+    is_checkpoint = (path / "config.json").exists() and (path / "meta.json").exists()
+    if path.exists() and not (path.is_dir() and (is_checkpoint or not any(path.iterdir()))):
+        # Saving replaces the folder: never let that delete something that is not a checkpoint.
+        raise ValueError(f"{str(path)!r} exists and is not a minids checkpoint; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if tmp.exists():

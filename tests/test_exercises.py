@@ -1,0 +1,98 @@
+"""The exercise graders bite: each passes on minids' own solutions and fails, check by check, on its
+untouched stub. The graders run in a subprocess, as a student would run them (`pytest exercises/...`),
+and their junit reports are read back."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minids.grading import SOLUTIONS_ENV, junit_counts, junit_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# exercise -> (the functions students write -> the minids module holding the answer, fewest checks)
+EXERCISES = {
+    "00_attention": (
+        {"apply_rope": "minids.layers", "causal_self_attention": "minids.attention"},
+        15,
+    ),
+}
+
+
+def run_grader(exercise: str, tmp_path: Path, *, solutions: bool) -> tuple[Path, str]:
+    """Run `pytest exercises/test_<exercise>.py` from the repository root; return its junit report."""
+    env = {key: value for key, value in os.environ.items() if key != SOLUTIONS_ENV}
+    if solutions:
+        env[SOLUTIONS_ENV] = "solutions"
+    report = tmp_path / f"{exercise}-{'solutions' if solutions else 'stub'}.xml"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        f"exercises/test_{exercise}.py",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--junitxml={report}",
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    output = f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}"
+    assert report.exists(), f"the grader wrote no report:\n{output}"
+    return report, output
+
+
+def load_stub(exercise: str):
+    path = ROOT / "exercises" / f"{exercise}.py"
+    spec = importlib.util.spec_from_file_location(f"stub_{exercise}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("exercise", sorted(EXERCISES))
+def test_grader_passes_on_solutions(exercise, tmp_path):
+    report, output = run_grader(exercise, tmp_path, solutions=True)
+    counts = junit_counts(report)
+    fewest = EXERCISES[exercise][1]
+    assert counts["tests"] >= fewest, f"expected at least {fewest} checks, found {counts}\n{output}"
+    assert counts["passed"] == counts["tests"], (
+        f"the solutions should pass every check: {counts}\n{output}"
+    )
+
+
+@pytest.mark.parametrize("exercise", sorted(EXERCISES))
+def test_grader_fails_every_check_on_stub(exercise, tmp_path):
+    report, output = run_grader(exercise, tmp_path, solutions=False)
+    results = junit_results(report)
+    assert len(results) >= EXERCISES[exercise][1], output
+    not_failed = {test: outcome for test, (outcome, _) in results.items() if outcome != "failed"}
+    assert not not_failed, f"on the stub every check should fail, but: {not_failed}\n{output}"
+    # ... and fail cleanly, saying what to do, rather than with a NotImplementedError traceback.
+    unclear = {test: msg for test, (_, msg) in results.items() if "not implemented yet" not in msg}
+    assert not unclear, f"failures that do not say 'not implemented yet': {unclear}\n{output}"
+
+
+def parameters(function) -> list[tuple[str, object]]:
+    return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+@pytest.mark.parametrize("exercise", sorted(EXERCISES))
+def test_stub_functions_raise_not_implemented(exercise):
+    stub = load_stub(exercise)
+    for name, module in EXERCISES[exercise][0].items():
+        function = getattr(stub, name)
+        solution = getattr(importlib.import_module(module), name)
+        assert parameters(function) == parameters(solution), (
+            f"{name}: signature differs from minids'"
+        )
+        required = [p for p, default in parameters(function) if default is inspect.Parameter.empty]
+        with pytest.raises(NotImplementedError):
+            function(*[None] * len(required))  # an untouched stub raises before reading anything
