@@ -91,10 +91,11 @@ class Attention(nnx.Module):
         index: Int[Array, ""] | int = 0,
     ) -> tuple[Float[Array, "B T D"], dict[str, Array] | None]:
         """Attend causally. Without a cache, S = T; with one, the new keys go to slots index.. index+T-1."""
-        B, T, _ = x.shape
-        q = self.wq(x).reshape(B, T, self.n_heads, self.head_dim)  # (B, T, N, H)
-        k = self.wk(x).reshape(B, T, self.n_kv_heads, self.head_dim)  # (B, T, M, H)
-        v = self.wv(x).reshape(B, T, self.n_kv_heads, self.head_dim)
+        B, T, D = x.shape
+        tokens = x.reshape(B * T, D)  # one row per token: a 2-D weight gradient (see layers.SwiGLU)
+        q = self.wq(tokens).reshape(B, T, self.n_heads, self.head_dim)  # (B, T, N, H)
+        k = self.wk(tokens).reshape(B, T, self.n_kv_heads, self.head_dim)  # (B, T, M, H)
+        v = self.wv(tokens).reshape(B, T, self.n_kv_heads, self.head_dim)
         q = apply_rope(q, positions, self.rope_theta)
         k = apply_rope(k, positions, self.rope_theta)
         if cache is not None:
@@ -103,4 +104,4 @@ class Attention(nnx.Module):
             cache = {"k": k, "v": v}
         mask = attention_mask(T, k.shape[1], index, key_mask)
         out = dot_product_attention(q, k, v, mask)
-        return self.wo(out.reshape(B, T, self.n_heads * self.head_dim)), cache
+        return self.wo(out.reshape(B * T, self.n_heads * self.head_dim)).reshape(B, T, D), cache

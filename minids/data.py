@@ -238,15 +238,25 @@ def load_local(path: Path | str) -> list[dict[str, str]]:
         cols = set(ds.column_names)
         if {"prompt", "answer"} <= cols:
             tasks = ds["task"] if "task" in cols else ["custom"] * len(ds)
-            return [{"task": t, "prompt": p, "answer": a}
-                    for t, p, a in zip(tasks, ds["prompt"], ds["answer"], strict=True)]
+            return _require_strings(path, [{"task": t, "prompt": p, "answer": a}
+                                           for t, p, a in zip(tasks, ds["prompt"], ds["answer"], strict=True)])
         if "text" in cols:
-            return [{"task": "text", "prompt": "", "answer": t} for t in ds["text"]]
+            return _require_strings(path, [{"task": "text", "prompt": "", "answer": t} for t in ds["text"]])
         raise ValueError(f"{path} needs 'prompt' and 'answer' fields, or a 'text' field; has {sorted(cols)}")
     if path.suffix == ".txt":
         ds = datasets.load_dataset("text", data_files=str(path), split="train")
         return [{"task": "text", "prompt": "", "answer": t} for t in ds["text"] if t]
     raise ValueError(f"dataset path must end in .jsonl, .json or .txt, got {str(path)!r}")
+
+
+def _require_strings(path: Path, rows: list[dict]) -> list[dict[str, str]]:
+    """Rows whose prompt and answer are text; a number or a missing value is a clear error here,
+    not a TypeError deep inside the tokenizer."""
+    for i, row in enumerate(rows):
+        for name in ("prompt", "answer"):
+            if not isinstance(row[name], str):
+                raise ValueError(f"{path}: row {i} has a non-string {name!r} field: {row[name]!r}")
+    return rows
 
 
 # -------------------------------------------------------------------------------------- batching

@@ -161,6 +161,11 @@ def generate(
     """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens."""
     _check_sampling(model, max_new_tokens, temperature, top_k, top_p)
     tokens, mask = left_pad(prompts, pad_id)
+    if tokens.min() < 0 or tokens.max() >= model.cfg.vocab_size:  # else a silent NaN or a wrap-around
+        raise ValueError(
+            f"prompt token ids (and pad_id) must be in [0, {model.cfg.vocab_size}), the model's "
+            f"vocab_size; got ids from {tokens.min()} to {tokens.max()}"
+        )
     key = jax.random.key(0) if key is None else key
     args = (model, jnp.asarray(tokens), jnp.asarray(mask), key, jnp.float32(temperature),
             jnp.float32(top_p))

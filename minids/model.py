@@ -74,9 +74,10 @@ class Transformer(nnx.Module):
         self.lm_head = None if cfg.tie_embeddings else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs)
 
     def _logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
-        x = self.final_norm(x)
+        B, T, D = x.shape
+        x = self.final_norm(x).reshape(B * T, D)  # one row per token (see the note in layers.py)
         logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
-        return logits.astype(jnp.float32)
+        return logits.reshape(B, T, -1).astype(jnp.float32)
 
     def __call__(
         self,

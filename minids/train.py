@@ -268,7 +268,8 @@ def fit(
             f"({tokenizer.vocab_size})"
         )
     train = encode_examples(train_examples, tokenizer, seq_len)
-    val = encode_examples(list(val_examples)[: cfg.eval_examples], tokenizer, seq_len) if val_examples else None
+    use_val = bool(val_examples) and cfg.eval_examples > 0  # eval_examples=0: no evaluation at all
+    val = encode_examples(list(val_examples)[: cfg.eval_examples], tokenizer, seq_len) if use_val else None
     optimizer = make_optimizer(model, cfg)
     history, start = History(), 0
     if resume:
@@ -312,7 +313,7 @@ def fit(
         if ckpt_dir is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0:
             save_checkpoint(ckpt_dir, model, optimizer, step=done, history=history, train_cfg=cfg)
     history.seconds += time.perf_counter() - t0
-    if end == cfg.steps:
+    if end == cfg.steps and start < end:  # resuming a finished run must not evaluate it twice
         run_eval(cfg.steps)
     if ckpt_dir is not None:
         save_checkpoint(ckpt_dir, model, optimizer, step=end, history=history, train_cfg=cfg)

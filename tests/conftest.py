@@ -1,0 +1,54 @@
+"""Shared test setup: strict shapes, deterministic hypothesis, small configs, and a guard on data/.
+
+- `jax_numpy_rank_promotion="raise"` (the equinox habit): an implicit broadcast between arrays of
+  different ranks, `(B, T, D) * (D,)`, is an error in tests, so every broadcast in minids is explicit.
+- Hypothesis runs derandomized and without an example database, so a test run is reproducible and
+  writes nothing into the repository.
+- `data/` holds the shipped splits; a session fixture checks that no test changed a byte of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+from minids.config import ModelConfig, preset
+from minids.data import DATA_DIR
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile(
+    "minids",
+    deadline=None,  # the first call of a jitted function compiles
+    derandomize=True,
+    database=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("minids")
+
+
+def _snapshot(folder) -> dict[str, str]:
+    if not folder.exists():
+        return {}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir_is_read_only():
+    """Fail the session if any test created, changed or deleted a file in the repository's data/."""
+    before = _snapshot(DATA_DIR)
+    yield
+    assert _snapshot(DATA_DIR) == before, "a test wrote into the repository's data/; use tmp_path"
+
+
+@pytest.fixture(scope="session")
+def cfg() -> ModelConfig:
+    """A 2-layer GQA model small enough to compile in about a second: N=4 query, M=2 kv heads."""
+    return preset(
+        "tiny", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+        max_seq_len=24,
+    )
