@@ -135,11 +135,11 @@ def _generate_recompute(model, tokens, mask, key, temperature, top_p, *, max_new
 def _check_sampling(model, max_new_tokens, temperature, top_k, top_p):
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be a minids Transformer, got {type(model).__name__}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= model.cfg.vocab_size):
+    if top_k is not None and (isinstance(top_k, bool) or not (isinstance(top_k, int) and 1 <= top_k <= model.cfg.vocab_size)):
         raise ValueError(f"top_k must be None or an int in [1, {model.cfg.vocab_size}], got {top_k!r}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
