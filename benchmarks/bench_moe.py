@@ -1,0 +1,160 @@
+"""One MoE layer against a dense SwiGLU layer that does the same activated FLOPs, in one process.
+
+    python benchmarks/bench_moe.py            # both sizes, a readable table (about a minute on CPU)
+    python benchmarks/bench_moe.py --quick    # fewer repeats
+    python benchmarks/bench_moe.py --json     # one JSON object on stdout, nothing else
+
+What it measures, for each size: the forward and backward pass (gradients with respect to the input
+and every weight) of `minids.moe.MoE`, with the fast dispatch (tokens sorted by expert, grouped
+matmul) and with the reference dispatch (every expert on every token), divided by the same for a
+`minids.layers.SwiGLU` of width (K + N_s) * F. A token then does the same FFN matmul FLOPs in both:
+K routed experts and N_s shared experts of width F against one FFN of width (K + N_s) * F. The MoE
+also runs its router (E * D multiply-adds per token, about 1/(3 (K + N_s) F / E) of the FFN's) and
+the sorting. Weights come from each module's initialiser; the router is untrained, so the load is
+what a random router gives (its MaxVio is reported).
+
+Each figure is the median over repeats that time the dense, fast and reference layers in turn, so
+that a slow moment of a shared machine hits all three; compilation and a warm-up call are excluded.
+
+Sizes: `tiny` is the MoE version of the `tiny` preset's FFN (D 128, dense width 384), 64 sequences
+of 32 tokens; `small` that of the `small` preset (D 256, dense width 768), 16 sequences of 256.
+
+JSON keys (`--json`):
+
+    backend, jax_version, cpu_count            where it ran
+    sizes: {name: {...}}                       one object per size, with
+        tokens, d_model                        B * T tokens per call, D
+        n_routed_experts, experts_per_token, n_shared_experts, expert_ffn_dim, dense_ffn_dim
+        max_vio                                MaxVio of the untrained router on this batch
+        dense_ms, fast_ms, reference_ms        median forward + backward time, milliseconds
+        fast_ratio, reference_ratio            fast_ms / dense_ms, reference_ms / dense_ms
+
+Target (a benchmark, never a test): the fast path at most 1.5x the dense layer on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from minids.config import preset
+from minids.layers import SwiGLU
+from minids.moe import MoE, MoEConfig
+
+# name: (preset, batch, seq_len, MoEConfig fields, timed repeats)
+SIZES = {
+    "tiny": ("tiny", 64, 32, dict(n_routed_experts=8, experts_per_token=2, n_shared_experts=1,
+                                  expert_ffn_dim=128), 15),
+    "small": ("small", 16, 256, dict(n_routed_experts=16, experts_per_token=2, n_shared_experts=1,
+                                     expert_ffn_dim=256), 6),
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def forward_backward(module: nnx.Module, x: jax.Array):
+    """A jitted function of (weights, x) returning the gradients of a fixed linear probe of the output."""
+    graphdef, state = nnx.split(module)
+    probe = jax.random.normal(jax.random.key(1), x.shape, x.dtype)
+
+    def loss(state, x):
+        out = nnx.merge(graphdef, state)(x)
+        y = out[0] if isinstance(out, tuple) else out
+        return jnp.sum(y * probe)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return lambda: grad(state, x)
+
+
+def bench_size(name: str, quick: bool) -> dict:
+    preset_name, batch, seq_len, fields, repeats = SIZES[name]
+    if quick:
+        repeats = max(3, repeats // 3)
+    moe_cfg = MoEConfig(**fields)
+    cfg = preset(preset_name, moe=moe_cfg)
+    dense_width = (moe_cfg.experts_per_token + moe_cfg.n_shared_experts) * moe_cfg.expert_ffn_dim
+    x = jax.random.normal(jax.random.key(0), (batch, seq_len, cfg.d_model), jnp.float32)
+    layers = {
+        "dense": SwiGLU(cfg, ffn_dim=dense_width, rngs=nnx.Rngs(0)),
+        "fast": MoE(cfg, rngs=nnx.Rngs(0)),
+        "reference": MoE(dataclasses.replace(cfg, moe=dataclasses.replace(moe_cfg, dispatch="reference")),
+                         rngs=nnx.Rngs(0)),
+    }
+    max_vio = float(layers["fast"](x)[1]["max_vio"])
+    calls = {}
+    for label, layer in layers.items():
+        t0 = time.perf_counter()
+        calls[label] = forward_backward(layer, x)
+        jax.block_until_ready(calls[label]())  # compile
+        jax.block_until_ready(calls[label]())  # warm up
+        log(f"  {name}: {label} compiled and warm in {time.perf_counter() - t0:.1f} s")
+    times = {label: [] for label in calls}
+    for _ in range(repeats):
+        for label, call in calls.items():
+            t = time.perf_counter()
+            jax.block_until_ready(call())
+            times[label].append(time.perf_counter() - t)
+    ms = {label: 1e3 * float(np.median(t)) for label, t in times.items()}
+    return {
+        "tokens": batch * seq_len, "d_model": cfg.d_model, **fields,
+        "dense_ffn_dim": dense_width, "max_vio": max_vio,
+        "dense_ms": ms["dense"], "fast_ms": ms["fast"], "reference_ms": ms["reference"],
+        "fast_ratio": ms["fast"] / ms["dense"], "reference_ratio": ms["reference"] / ms["dense"],
+    }
+
+
+def print_table(report: dict) -> None:
+    print(f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
+          "forward + backward of one layer, median over interleaved repeats")
+    rows = [
+        ("tokens per call", lambda r: f"{r['tokens']}"),
+        ("E routed / K / shared, F", lambda r: f"{r['n_routed_experts']} / {r['experts_per_token']} / "
+                                               f"{r['n_shared_experts']}, {r['expert_ffn_dim']}"),
+        ("dense SwiGLU width", lambda r: f"{r['dense_ffn_dim']}"),
+        ("router MaxVio (untrained)", lambda r: f"{r['max_vio']:.2f}"),
+        ("dense SwiGLU", lambda r: f"{r['dense_ms']:.1f} ms"),
+        ("MoE, fast dispatch", lambda r: f"{r['fast_ms']:.1f} ms"),
+        ("MoE, reference dispatch", lambda r: f"{r['reference_ms']:.1f} ms"),
+        ("fast / dense", lambda r: f"{r['fast_ratio']:.2f}x"),
+        ("reference / dense", lambda r: f"{r['reference_ratio']:.2f}x"),
+    ]
+    names = list(report["sizes"])
+    print(f"{'':28s}" + "".join(f"{n:>20s}" for n in names))
+    for label, fmt in rows:
+        print(f"{label:28s}" + "".join(f"{fmt(report['sizes'][n]):>20s}" for n in names))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), action="append",
+                        help="measure only this size (repeatable; default: tiny and small)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    report = {"backend": jax.default_backend(), "jax_version": jax.__version__,
+              "cpu_count": os.cpu_count(), "sizes": {}}
+    for name in args.size or list(SIZES):
+        log(f"{name}:")
+        report["sizes"][name] = bench_size(name, args.quick)
+    log(f"done in {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

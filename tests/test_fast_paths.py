@@ -1,0 +1,218 @@
+"""Every fast path computes what its readable reference computes: values and gradients.
+
+The fast paths (see `benchmarks/bench_train.py` for what they buy):
+
+- `blockwise_causal_attention`: causal attention one block of queries at a time, skipping the keys
+  a block cannot see; reference `dot_product_attention` with `attention_mask(T, T)`.
+- `dot_product_attention_fast`: heads-first layout and a hand-written backward pass (custom VJP);
+  reference `dot_product_attention`, for any mask, including fully masked (padding) rows.
+- `causal_self_attention` and the `Attention` / `Transformer` training path, which use both;
+  reference: the same call with an all-True `key_mask`, which takes the masked reference path.
+- `SwiGLU` and the projections, which flatten (B, T, D) to (B*T, D) before each matmul.
+
+Tolerances. float32: the fast paths add the same products in another order, so values agree to
+`ATOL = 1e-5` (outputs are O(1)) and gradients to `GRAD_RTOL = 1e-4` of their largest entry.
+bfloat16: both versions round to 8 bits of mantissa in different places, so each is compared with
+the float32 reference, and the fast one must be no more than 1.5x further from it than the slow one.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from minids.attention import (
+    Attention,
+    _causal_blocks,
+    attention_mask,
+    blockwise_causal_attention,
+    causal_self_attention,
+    dot_product_attention,
+    dot_product_attention_fast,
+)
+from minids.config import preset
+from minids.layers import SwiGLU
+from minids.model import Transformer
+
+ATOL = 1e-5
+GRAD_RTOL = 1e-4
+
+
+def _qkv(B=2, T=16, N=4, M=2, H=8, seed=0, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, T, N, H))
+    k = rng.standard_normal((B, T, M, H))
+    v = rng.standard_normal((B, T, M, H))
+    return tuple(jnp.asarray(a, dtype) for a in (q, k, v))
+
+
+def _value_and_grads(fn, q, k, v):
+    """fn(q, k, v) and the gradients of a fixed random projection of it, in float32."""
+    weights = jnp.asarray(np.random.default_rng(99).standard_normal(q.shape), jnp.float32)
+
+    def loss(q, k, v):
+        return jnp.sum(fn(q, k, v).astype(jnp.float32) * weights)
+
+    out = fn(q, k, v)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    return np.asarray(out, np.float32), [np.asarray(g, np.float32) for g in grads]
+
+
+def _assert_same(fast, reference, what):
+    (out, grads), (ref_out, ref_grads) = fast, reference
+    np.testing.assert_allclose(out, ref_out, atol=ATOL, err_msg=f"{what}: values")
+    for name, g, ref in zip("qkv", grads, ref_grads, strict=True):
+        scale = max(float(np.max(np.abs(ref))), 1e-6)
+        np.testing.assert_allclose(g, ref, atol=GRAD_RTOL * scale, err_msg=f"{what}: d{name}")
+
+
+def _masks(B, T):
+    """Causal; causal from an offset into a longer cache; left padding with a fully masked row."""
+    key_mask = np.ones((B, T + 4), bool)
+    key_mask[0, :7] = False  # batch row 0: the first 7 slots are padding
+    return {
+        "causal": attention_mask(T, T),
+        "offset": attention_mask(T, T + 4, offset=4),
+        "padded": attention_mask(T, T + 4, offset=4, key_mask=jnp.asarray(key_mask)),
+    }
+
+
+# ------------------------------------------------------------------ dot_product_attention_fast
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("mask_name", ["causal", "offset", "padded"])
+def test_fast_attention_matches_the_reference_values_and_gradients(n_kv_heads, mask_name):
+    B, T = 2, 12
+    mask = _masks(B, T)[mask_name]
+    q, k, v = _qkv(B=B, T=T, M=n_kv_heads)
+    if mask.shape[-1] != T:  # keys from a longer cache
+        _, k, v = _qkv(B=B, T=mask.shape[-1], M=n_kv_heads, seed=1)
+    fast = _value_and_grads(lambda q, k, v: dot_product_attention_fast(q, k, v, mask), q, k, v)
+    ref = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), q, k, v)
+    _assert_same(fast, ref, f"{mask_name}, {n_kv_heads} kv heads")
+
+
+def test_fast_attention_gives_the_reference_uniform_average_for_a_fully_masked_row():
+    q, k, v = _qkv(B=1, T=3)
+    mask = jnp.zeros((1, 3, 3), bool).at[:, 1:].set(attention_mask(2, 3, offset=1)[0])
+    fast = dot_product_attention_fast(q, k, v, mask)
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(dot_product_attention(q, k, v, mask)),
+                               atol=ATOL)
+    assert bool(jnp.all(jnp.isfinite(fast)))
+
+
+def test_fast_attention_in_bfloat16_is_as_close_to_float32_as_the_reference():
+    q32, k32, v32 = _qkv(B=2, T=32, N=4, M=2, H=16)
+    mask = attention_mask(32, 32)
+    exact = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), q32, k32, v32)
+    bf16 = tuple(a.astype(jnp.bfloat16) for a in (q32, k32, v32))
+    fast = _value_and_grads(lambda q, k, v: dot_product_attention_fast(q, k, v, mask), *bf16)
+    slow = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), *bf16)
+    assert jax.eval_shape(lambda: dot_product_attention_fast(*bf16, mask)).dtype == jnp.bfloat16
+    for i, what in enumerate(["values", "dq", "dk", "dv"]):
+        pick = (lambda r: r[0]) if i == 0 else (lambda r, i=i: r[1][i - 1])
+        err_fast = np.max(np.abs(pick(fast) - pick(exact)))
+        err_slow = np.max(np.abs(pick(slow) - pick(exact)))
+        assert err_fast <= 1.5 * err_slow + 1e-3, f"{what}: fast {err_fast:.3g}, reference {err_slow:.3g}"
+
+
+# ------------------------------------------------------------------ blockwise_causal_attention
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 4, 8])
+@pytest.mark.parametrize("attend", [dot_product_attention, dot_product_attention_fast],
+                         ids=["reference", "fast"])
+def test_blockwise_causal_attention_matches_full_causal_attention(n_blocks, attend):
+    q, k, v = _qkv(B=2, T=32, N=4, M=2)
+    mask = attention_mask(32, 32)
+    blocks = _value_and_grads(lambda q, k, v: blockwise_causal_attention(q, k, v, n_blocks, attend),
+                              q, k, v)
+    ref = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), q, k, v)
+    _assert_same(blocks, ref, f"{n_blocks} blocks")
+
+
+def test_blockwise_causal_attention_rejects_blocks_that_do_not_divide_the_sequence():
+    q, k, v = _qkv(T=12)
+    with pytest.raises(ValueError, match="n_blocks"):
+        blockwise_causal_attention(q, k, v, 5)
+
+
+def test_causal_blocks_are_at_least_64_rows_and_at_most_8():
+    assert [_causal_blocks(T) for T in (32, 64, 96, 128, 200, 256, 512, 4096)] == [1, 1, 1, 2, 2, 4, 8, 8]
+
+
+def test_causal_self_attention_of_a_long_sequence_takes_the_blockwise_path_and_matches():
+    q, k, v = _qkv(B=1, T=256, N=4, M=2)
+    assert _causal_blocks(256) == 4
+    mask = attention_mask(256, 256)
+    fast = _value_and_grads(causal_self_attention, q, k, v)
+    ref = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), q, k, v)
+    _assert_same(fast, ref, "T=256")
+
+
+# ----------------------------------------------------------- the module and the model, end to end
+
+
+def _param_grads(module, fn):
+    graphdef, params = nnx.split(module, nnx.Param)
+
+    def loss(params):
+        return fn(nnx.merge(graphdef, params))
+
+    return jax.tree.leaves(jax.jit(jax.grad(loss))(params))
+
+
+@pytest.mark.parametrize("T", [16, 128], ids=["one-block", "blockwise"])
+def test_attention_training_path_matches_the_masked_reference_path(T):
+    """Without a key_mask the layer takes the fast causal path; an all-True key_mask, the reference."""
+    cfg = preset("tiny", d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, max_seq_len=T)
+    layer = Attention(cfg, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, T, 32)), jnp.float32)
+    positions = jnp.broadcast_to(jnp.arange(T), (2, T))
+    everything = jnp.ones((2, T), bool)
+    fast, _ = layer(x, positions)
+    ref, _ = layer(x, positions, key_mask=everything)
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(ref), atol=ATOL)
+    g_fast = _param_grads(layer, lambda m: jnp.sum(m(x, positions)[0] ** 2))
+    g_ref = _param_grads(layer, lambda m: jnp.sum(m(x, positions, key_mask=everything)[0] ** 2))
+    for a, b in zip(g_fast, g_ref, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b))))
+
+
+def test_transformer_logits_and_loss_gradients_match_the_reference_path():
+    cfg = preset("tiny", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+                 max_seq_len=128)
+    model = Transformer(cfg)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(3, 99, (2, 128)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(128), (2, 128))
+    everything = jnp.ones((2, 128), bool)
+    np.testing.assert_allclose(np.asarray(model(tokens)),
+                               np.asarray(model(tokens, positions, everything)), atol=ATOL)
+
+    def loss(m, key_mask):
+        logits = m(tokens, positions, key_mask)
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[..., 5])
+
+    g_fast = _param_grads(model, lambda m: loss(m, None))
+    g_ref = _param_grads(model, lambda m: loss(m, everything))
+    for a, b in zip(g_fast, g_ref, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b))))
+
+
+def test_swiglu_on_flattened_tokens_matches_the_three_dimensional_formula():
+    cfg = preset("tiny", d_model=16, ffn_dim=24)
+    ffn = SwiGLU(cfg, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
+
+    def three_d(m):  # nnx.Linear applied to (B, T, D) directly, as written in the paper
+        return m.down(jax.nn.silu(m.gate(x)) * m.up(x))
+
+    np.testing.assert_allclose(np.asarray(ffn(x)), np.asarray(three_d(ffn)), atol=ATOL)
+    g_fast = _param_grads(ffn, lambda m: jnp.sum(m(x) ** 2))
+    g_ref = _param_grads(ffn, lambda m: jnp.sum(three_d(m) ** 2))
+    for a, b in zip(g_fast, g_ref, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b))))
