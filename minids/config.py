@@ -82,6 +82,19 @@ class ModelConfig:
             raise ValueError(f"tie_embeddings must be a bool, got {self.tie_embeddings!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.moe is not None:
+            from minids.moe import MoEConfig  # here, not at the top: minids.moe imports this module
+
+            if not isinstance(self.moe, MoEConfig):
+                raise ValueError(f"moe must be None or a minids.moe.MoEConfig, got {type(self.moe).__name__}")
+            if self.moe.n_dense_layers >= self.n_layers:
+                raise ValueError(
+                    f"moe.n_dense_layers ({self.moe.n_dense_layers}) must be < n_layers ({self.n_layers}): "
+                    "otherwise no block would use the MoE feed-forward"
+                )
+        for name in ("mla", "fp8", "mtp"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is not implemented yet in minids; leave it None")
 
     @property
     def compute_dtype(self):
@@ -103,6 +116,11 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}")
+        d = dict(d)
+        if isinstance(d.get("moe"), dict):
+            from minids.moe import MoEConfig
+
+            d["moe"] = MoEConfig(**d["moe"])
         return cls(**d)
 
 

@@ -15,6 +15,7 @@ Shape letters, used in every module's annotations and einsums:
     G group size       H head dim            F feed-forward width
     E experts          K experts per token   C latent width (kv_lora_rank)
     R rope dim         V vocabulary          L layers
+    Q the G*T query rows that share one key/value head (attention's heads-first layout)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from jaxtyping import Array, Bool, Float, Int
 from minids.attention import Attention
 from minids.config import ModelConfig
 from minids.layers import Embedding, RMSNorm, SwiGLU, dense
+from minids.moe import MoE
 
 
 @struct.dataclass
@@ -47,17 +49,25 @@ class KVCache:
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    """Attention then a feed-forward network: dense SwiGLU, or DeepSeekMoE when `use_moe`."""
+
+    def __init__(self, cfg: ModelConfig, *, use_moe: bool = False, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
         self.attn = Attention(cfg, rngs=rngs)
         self.ffn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
-        self.ffn = SwiGLU(cfg, rngs=rngs)
+        self.use_moe = use_moe
+        self.ffn = MoE(cfg, rngs=rngs) if use_moe else SwiGLU(cfg, rngs=rngs)
 
     def __call__(self, x, positions, *, key_mask=None, cache=None, index=0):
+        """Returns (x, cache, stats): stats are the MoE layer's routing statistics, or None."""
         h, cache = self.attn(self.attn_norm(x), positions, key_mask=key_mask, cache=cache, index=index)
         x = x + h
-        x = x + self.ffn(self.ffn_norm(x))
-        return x, cache
+        stats = None
+        if self.use_moe:
+            h, stats = self.ffn(self.ffn_norm(x))
+        else:
+            h = self.ffn(self.ffn_norm(x))
+        return x + h, cache, stats
 
 
 class Transformer(nnx.Module):
@@ -69,7 +79,10 @@ class Transformer(nnx.Module):
         rngs = rngs if rngs is not None else nnx.Rngs(cfg.seed)
         self.cfg = cfg
         self.embed = Embedding(cfg, rngs=rngs)
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        n_dense = cfg.n_layers if cfg.moe is None else cfg.moe.n_dense_layers
+        self.blocks = nnx.List(
+            [Block(cfg, use_moe=i >= n_dense, rngs=rngs) for i in range(cfg.n_layers)]
+        )
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
         self.lm_head = None if cfg.tie_embeddings else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs)
 
@@ -89,13 +102,37 @@ class Transformer(nnx.Module):
 
         `key_mask` (False for padding) is needed only when padding comes *before* real tokens.
         """
+        return self.forward_with_aux(tokens, positions, key_mask)[0]
+
+    def forward_with_aux(
+        self,
+        tokens: Int[Array, "B T"],
+        positions: Int[Array, "B T"] | None = None,
+        key_mask: Bool[Array, "B T"] | None = None,
+    ) -> tuple[Float[Array, "B T V"], dict[str, Array]]:
+        """Logits and the MoE layers' routing statistics, stacked over the L' MoE layers.
+
+        aux: `aux_loss` (summed over layers, already weighted by alpha), `load` (L', E),
+        `max_vio` (L',), `dropped_frac` (L',). Empty for a dense model.
+        """
         B, T = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(T), (B, T))
         x = self.embed(tokens)
+        layer_stats = []
         for block in self.blocks:
-            x, _ = block(x, positions, key_mask=key_mask)
-        return self._logits(x)
+            x, _, stats = block(x, positions, key_mask=key_mask)
+            if stats is not None:
+                layer_stats.append(stats)
+        aux = {}
+        if layer_stats:
+            aux = {k: jnp.stack([s[k] for s in layer_stats]) for k in layer_stats[0]}
+            aux["aux_loss"] = jnp.sum(aux["aux_loss"])
+        return self._logits(x), aux
+
+    def moe_layers(self) -> list[MoE]:
+        """The MoE feed-forward modules, in layer order (empty for a dense model)."""
+        return [block.ffn for block in self.blocks if block.use_moe]
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty cache with `max_len` slots per sequence."""
@@ -123,14 +160,25 @@ class Transformer(nnx.Module):
         x = self.embed(tokens)
         new_layers = []
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
-            x, layer_cache = block(x, positions, key_mask=key_mask, cache=layer_cache,
-                                   index=cache.index)
+            x, layer_cache, _ = block(x, positions, key_mask=key_mask, cache=layer_cache,
+                                      index=cache.index)
             new_layers.append(layer_cache)
         cache = KVCache(layers=tuple(new_layers), key_mask=key_mask, index=cache.index + T)
         return self._logits(x), cache
 
 
-def count_params(model: nnx.Module) -> int:
-    """Number of trainable parameters (`nnx.Param` leaves) in a model."""
+def count_params(model: nnx.Module, *, activated: bool = False) -> int:
+    """Number of trainable parameters (`nnx.Param` leaves) in a model.
+
+    `activated=True` counts only what one token uses: in an MoE layer the router, the shared experts
+    and K of the E routed experts (DeepSeek-V3's "37B activated of 671B total").
+    """
     params = nnx.state(model, nnx.Param)
-    return int(sum(x.size for x in jax.tree.leaves(params)))
+    total = int(sum(x.size for x in jax.tree.leaves(params)))
+    if not activated or not isinstance(model, Transformer):
+        return total
+    for layer in model.moe_layers():
+        cfg = layer.moe_cfg
+        per_expert = layer.routed_gate.size // cfg.n_routed_experts * 3
+        total -= (cfg.n_routed_experts - cfg.experts_per_token) * per_expert
+    return total

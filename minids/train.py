@@ -94,6 +94,10 @@ class History:
     val_step: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_token_acc: list[float] = field(default_factory=list)
+    # MoE models only, every step: MaxVio and dropped fraction averaged over MoE layers, aux loss.
+    max_vio: list[float] = field(default_factory=list)
+    aux_loss: list[float] = field(default_factory=list)
+    dropped_frac: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,19 +125,33 @@ def make_optimizer(model: nnx.Module, cfg: TrainConfig) -> nnx.Optimizer:
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def loss_fn(model: Transformer, batch: dict[str, jax.Array]) -> jax.Array:
-    """Mean cross-entropy over the tokens where loss_mask is 1."""
-    logits = model(batch["inputs"])
+def loss_and_aux(model: Transformer, batch: dict[str, jax.Array]):
+    """(mean answer-token cross-entropy + MoE balance loss, routing statistics)."""
+    logits, aux = model.forward_with_aux(batch["inputs"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["loss_mask"]
-    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    ce = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return ce + aux.get("aux_loss", 0.0), {**aux, "ce": ce}
+
+
+def loss_fn(model: Transformer, batch: dict[str, jax.Array]) -> jax.Array:
+    """The training loss: mean cross-entropy over the tokens where loss_mask is 1 (+ MoE aux loss)."""
+    return loss_and_aux(model, batch)[0]
 
 
 @nnx.jit
 def train_step(model: Transformer, optimizer: nnx.Optimizer, batch: dict[str, jax.Array]):
-    loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+    (loss, aux), grads = nnx.value_and_grad(loss_and_aux, has_aux=True)(model, batch)
     optimizer.update(model, grads)
-    return {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    # DeepSeek-V3's aux-loss-free balancing (eq. 16): after the step, outside the gradient, nudge
+    # each MoE layer's selection bias by this step's expert load.
+    for layer, load in zip(model.moe_layers(), aux.get("load", ()), strict=False):
+        layer.update_bias(load)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    if "load" in aux:
+        metrics.update(ce=aux["ce"], aux_loss=aux["aux_loss"], max_vio=jnp.mean(aux["max_vio"]),
+                       dropped_frac=jnp.mean(aux["dropped_frac"]))
+    return metrics
 
 
 @nnx.jit
@@ -302,6 +320,9 @@ def fit(
         history.loss.append(loss)
         history.grad_norm.append(grad_norm)
         history.lr.append(float(schedule(step)))
+        for name in ("max_vio", "aux_loss", "dropped_frac"):
+            if name in metrics:
+                getattr(history, name).append(float(metrics[name]))
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             run_eval(done)

@@ -24,6 +24,14 @@ EXERCISES = {
         {"apply_rope": "minids.layers", "causal_self_attention": "minids.attention"},
         15,
     ),
+    "01_moe_router": (
+        {
+            "sigmoid_topk_router": "minids.moe",
+            "expert_load": "minids.moe",
+            "aux_free_bias_update": "minids.moe",
+        },
+        12,
+    ),
 }
 
 

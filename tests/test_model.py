@@ -204,7 +204,7 @@ def test_tied_embeddings_use_the_embedding_table_as_the_output_head(cfg):
     def logits_and_expected(model, tokens):
         x = model.embed(tokens)
         for block in model.blocks:
-            x, _ = block(x, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
+            x, _, _ = block(x, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
         return model(tokens), model.final_norm(x) @ model.embed.embed.embedding[...].T
 
     logits, expected = logits_and_expected(model, jnp.asarray(_tokens((2, 7))))

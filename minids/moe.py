@@ -1,0 +1,477 @@
+"""DeepSeekMoE: shared experts, many small routed experts, and keeping them all busy.
+
+How it works. A mixture-of-experts (MoE) layer replaces a block's one feed-forward network (FFN)
+with many small FFNs, the experts, and runs each token through only a few of them. DeepSeekMoE
+(Dai et al. 2024, arXiv 2401.06066) makes two choices. The routed experts are fine-grained: many
+narrow FFNs, so that a token combines more specialists for the same compute. And a few shared
+experts see every token, so that common knowledge is learned once rather than in every expert.
+DeepSeek-V3 (arXiv 2412.19437, §2.1.2, eqs. 12-16) writes the layer for a token u_t as
+
+    h'_t = u_t + sum_i FFN_shared_i(u_t) + sum_i g_it FFN_routed_i(u_t)                     (12)
+    s_it = sigmoid(u_t . e_i)            affinity of token t for expert i (e_i: its centroid) (15)
+    chosen: the K experts with the largest s_it + b_i    (b_i: load-balancing bias, eq. 16)
+    g_it = s_it / sum_{j chosen} s_jt    for a chosen expert, 0 otherwise              (13, 14)
+
+The block adds u_t; this module returns the two sums, with g scaled by `route_scale` as V3's
+released code does. DeepSeek-V2 (arXiv 2405.04434, §2.2) used softmax affinities and kept the top-K
+of them as they are, without renormalising; `MoEConfig.gate` picks either router.
+
+Group-limited routing. The experts are split into `n_groups` equal groups (in V3, the GPUs of a
+node). A token ranks the groups by the sum of the two highest biased scores in each, keeps the best
+`groups_per_token`, and chooses its K experts inside those only, which bounds how many devices its
+activations travel to.
+
+Balance. Left alone, a router sends most tokens to a few experts that then improve fastest: a
+collapse. `MoEConfig.balancing` picks a remedy:
+
+- `aux_loss`, V2's expert-level loss: alpha * sum_i f_i P_i, with f_i = E/(K T) * (tokens sent to
+  expert i) and P_i the mean affinity for i. At perfect balance with a uniform router it equals
+  alpha; its gradient lowers the affinity of experts that are both busy and preferred.
+- `seq_aux_loss`, V3 eqs. 17-20: the same loss per sequence, affinities normalised over all experts.
+- `aux_free`, V3's auxiliary-loss-free balancing: no loss. The bias b_i above is used to choose
+  experts and never in g. After each training step b_i -= gamma if expert i received more than its
+  share of that step's tokens and += gamma if less, outside the gradient. It steers traffic without
+  distorting what the chosen experts contribute. V3 combines it with a tiny `seq_aux_loss`.
+
+The bias is state, not a parameter (`AuxFreeBias`): checkpoints save it, the optimizer never sees it.
+
+Capacity (optional). With a capacity factor c each expert takes at most ceil(c T K / E) of the
+batch's T tokens, earlier tokens first, and drops the rest of its assignments: they contribute
+nothing, and the token keeps its shared experts and its residual. V3 drops no tokens; V2 dropped at
+c = 1.0 in training, the lowest-affinity assignments of each device first. minids drops the latest
+tokens first, as GShard and Switch do, which a hand-worked example can follow.
+
+Dispatch. `dispatch_reference` runs every expert on every token and keeps the chosen results (E/K
+times the work, plainly correct). `dispatch_fast` sorts the T*K (token, expert) pairs by expert, runs
+one grouped matmul per projection over the contiguous groups (`grouped_matmul`), unsorts and
+combines. Both drop the same assignments and give the same outputs and gradients (tests/test_moe.py).
+
+Shapes (letters of minids/model.py): T counts all tokens of the batch (B*T flattened), D model width,
+E routed experts, K experts per token, F expert width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from minids.config import ModelConfig
+from minids.layers import SwiGLU
+
+GATES = ("softmax", "sigmoid")
+BALANCING = ("none", "aux_loss", "seq_aux_loss", "aux_free", "aux_free+seq_aux_loss")
+DISPATCH = ("fast", "reference")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, *, positive: bool) -> None:
+    rule = "a finite number > 0" if positive else "a finite number >= 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """One MoE FFN: routed and shared experts, the router, balancing, capacity and dispatch."""
+
+    n_routed_experts: int = 8  # E
+    n_shared_experts: int = 1  # always on; run as one SwiGLU of width n_shared * expert_ffn_dim
+    experts_per_token: int = 2  # K
+    expert_ffn_dim: int = 128  # F, the hidden width of each expert
+    gate: str = "sigmoid"  # "sigmoid" (V3, renormalised over the K chosen) or "softmax" (V2)
+    route_scale: float = 1.0  # gate values are multiplied by this (V3 2.5, V2 16.0)
+    n_groups: int = 1  # expert groups for group-limited routing (1 = no limit)
+    groups_per_token: int = 1  # groups a token may choose its experts from
+    balancing: str = "aux_free"  # one of BALANCING
+    aux_loss_alpha: float = 1e-4  # alpha of the balance loss (V3 seq-wise 1e-4; V2 expert 3e-3)
+    bias_update_speed: float = 1e-3  # gamma of the aux-free bias update (V3 0.001)
+    capacity_factor: float | None = None  # None: no token is dropped
+    n_dense_layers: int = 1  # leading blocks that keep a dense FFN (V3 3, V2 1)
+    dispatch: str = "fast"  # "fast" (sorted grouped matmul) or "reference" (every expert, every token)
+
+    def __post_init__(self) -> None:
+        for name in ("n_routed_experts", "experts_per_token", "expert_ffn_dim", "n_groups",
+                     "groups_per_token"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("n_shared_experts", self.n_shared_experts, 0)
+        _check_int("n_dense_layers", self.n_dense_layers, 0)
+        for name, allowed in (("gate", GATES), ("balancing", BALANCING), ("dispatch", DISPATCH)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        _check_number("route_scale", self.route_scale, positive=True)
+        _check_number("aux_loss_alpha", self.aux_loss_alpha, positive=False)
+        _check_number("bias_update_speed", self.bias_update_speed, positive=False)
+        if self.capacity_factor is not None:
+            _check_number("capacity_factor", self.capacity_factor, positive=True)
+        E, K, G = self.n_routed_experts, self.experts_per_token, self.n_groups
+        if K > E:
+            raise ValueError(f"experts_per_token ({K}) must be <= n_routed_experts ({E}): a token "
+                             "chooses K different experts")
+        if E % G != 0:
+            raise ValueError(f"n_groups ({G}) must divide n_routed_experts ({E}) into equal groups")
+        if self.groups_per_token > G:
+            raise ValueError(f"groups_per_token ({self.groups_per_token}) must be <= n_groups ({G})")
+        if K > self.groups_per_token * (E // G):
+            raise ValueError(
+                f"experts_per_token ({K}) must be <= groups_per_token * experts per group "
+                f"({self.groups_per_token} * {E // G}): a token chooses its experts in its groups"
+            )
+
+    @property
+    def uses_bias(self) -> bool:
+        """Whether selection adds the aux-free bias (and `MoE.update_bias` changes it)."""
+        return self.balancing.startswith("aux_free")
+
+
+def expert_capacity(n_tokens: int, cfg: MoEConfig) -> int | None:
+    """Most assignments an expert keeps from a batch of n_tokens: ceil(c T K / E); None = no limit."""
+    if cfg.capacity_factor is None:
+        return None
+    return math.ceil(cfg.capacity_factor * n_tokens * cfg.experts_per_token / cfg.n_routed_experts)
+
+
+# ------------------------------------------------------------------------------------- router
+
+
+def router_scores(logits: Float[Array, "T E"], gate: str) -> Float[Array, "T E"]:
+    """Affinities s from the router logits u . e_i, in float32: sigmoid (V3) or softmax (V2)."""
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {list(GATES)}, got {gate!r}")
+    logits = logits.astype(jnp.float32)
+    return jax.nn.sigmoid(logits) if gate == "sigmoid" else jax.nn.softmax(logits, axis=-1)
+
+
+def select_experts(
+    scores: Float[Array, "T E"], bias: Float[Array, " E"], cfg: MoEConfig
+) -> tuple[Int[Array, "T K"], Float[Array, "T K"]]:
+    """Each token's K experts, chosen on s + b within its best groups, and their gates from s alone."""
+    T, E = scores.shape
+    if E != cfg.n_routed_experts or bias.shape != (E,):
+        raise ValueError(f"scores (T, E) and bias (E,) need E = n_routed_experts = "
+                         f"{cfg.n_routed_experts}, got {scores.shape} and {bias.shape}")
+    biased = scores + bias[None, :]  # eq. 16: the bias only decides who is chosen
+    if cfg.n_groups > 1:
+        per_group = E // cfg.n_groups
+        grouped = biased.reshape(T, cfg.n_groups, per_group)
+        group_score = jnp.sum(jax.lax.top_k(grouped, min(2, per_group))[0], axis=-1)  # (T, G)
+        _, best = jax.lax.top_k(group_score, cfg.groups_per_token)
+        allowed = jnp.any(jax.nn.one_hot(best, cfg.n_groups, dtype=bool), axis=1)  # (T, G)
+        allowed = jnp.repeat(allowed, per_group, axis=1)  # (T, E)
+        biased = jnp.where(allowed, biased, -jnp.inf)
+    _, indices = jax.lax.top_k(biased, cfg.experts_per_token)
+    chosen = jnp.take_along_axis(scores, indices, axis=-1)  # the unbiased s of the chosen experts
+    if cfg.gate == "sigmoid":  # eq. 13: normalise over the chosen K
+        chosen = chosen / jnp.sum(chosen, axis=-1, keepdims=True)
+    return indices, chosen * cfg.route_scale
+
+
+def sigmoid_topk_router(
+    logits: Float[Array, "T E"], bias: Float[Array, " E"], k: int, route_scale: float = 1.0
+) -> tuple[Int[Array, "T K"], Float[Array, "T K"]]:
+    """V3's router without groups (exercise 01): top-k of sigmoid(logits) + bias, gates s / sum s."""
+    cfg = MoEConfig(n_routed_experts=logits.shape[-1], experts_per_token=k, gate="sigmoid",
+                    route_scale=route_scale)
+    return select_experts(router_scores(logits, "sigmoid"), bias, cfg)
+
+
+# ---------------------------------------------------------------------------------- balancing
+
+
+def expert_load(indices: Int[Array, "T K"], n_experts: int) -> Float[Array, " E"]:
+    """Fraction of the T*K routed assignments that went to each expert (sums to 1)."""
+    counts = jnp.sum(jax.nn.one_hot(indices, n_experts, dtype=jnp.float32), axis=(0, 1))
+    return counts / indices.size
+
+
+def _balance_loss(scores: Float[Array, "T E"], indices: Int[Array, "T K"]) -> Float[Array, ""]:
+    E = scores.shape[-1]
+    f = E * expert_load(indices, E)  # E/(K T) * count: 1 for every expert at perfect balance
+    P = jnp.mean(scores / jnp.sum(scores, axis=-1, keepdims=True), axis=0)  # eq. 19-20
+    return jnp.sum(f * P)
+
+
+def expert_aux_loss(
+    scores: Float[Array, "T E"], indices: Int[Array, "T K"], alpha: float
+) -> Float[Array, ""]:
+    """V2's expert-level balance loss over the whole batch: alpha * sum_i f_i P_i."""
+    return alpha * _balance_loss(scores, indices)
+
+
+def sequence_aux_loss(
+    scores: Float[Array, "B T E"], indices: Int[Array, "B T K"], alpha: float
+) -> Float[Array, ""]:
+    """V3's sequence-wise balance loss (eqs. 17-20): alpha * sum_i f_i P_i per sequence, averaged."""
+    return alpha * jnp.mean(jax.vmap(_balance_loss)(scores, indices))
+
+
+def aux_free_bias_update(
+    bias: Float[Array, " E"], load: Float[Array, " E"], speed: float = 1e-3
+) -> Float[Array, " E"]:
+    """V3's bias rule: b_i - gamma where expert i is above the mean load, + gamma where below."""
+    step = speed * jnp.sign(jnp.mean(load) - load)  # 0 for an expert exactly at the mean
+    return jax.lax.stop_gradient(bias + step.astype(bias.dtype))
+
+
+class AuxFreeBias(nnx.Variable):
+    """The aux-free balancing bias b: model state that checkpoints keep, but not an `nnx.Param`."""
+
+
+# ----------------------------------------------------------------------------------- dispatch
+
+
+def _window_rows(rows: int, n_experts: int) -> int:
+    """Rows per matmul in the CPU grouped matmul: about a quarter of a fair share, a multiple of 8."""
+    return max(32, -(-rows // (32 * n_experts)) * 8)
+
+
+def _grouped_matmul_windows(lhs, rhs, group_sizes, *, transpose_rhs: bool = False):
+    """lhs rows of group e times rhs[e] (or rhs[e].T), one window of rows at a time, experts in order.
+
+    A window may run past its group into the next groups' rows; they are overwritten later with
+    their own expert's result, since groups and windows are visited in increasing row order.
+    """
+    M, E = lhs.shape[0], rhs.shape[0]
+    W = _window_rows(M, E)
+    ends = jnp.cumsum(group_sizes)
+    starts = ends - group_sizes
+    padded = jnp.pad(lhs, ((0, W), (0, 0)))  # a window near the end never runs off the array
+    out_dim = rhs.shape[1] if transpose_rhs else rhs.shape[2]
+
+    def expert(e, out):
+        weight = rhs[e].T if transpose_rhs else rhs[e]
+
+        def window(carry):
+            start, out = carry
+            y = jax.lax.dynamic_slice_in_dim(padded, start, W) @ weight
+            return start + W, jax.lax.dynamic_update_slice_in_dim(out, y, start, 0)
+
+        return jax.lax.while_loop(lambda c: c[0] < ends[e], window, (starts[e], out))[1]
+
+    out = jax.lax.fori_loop(0, E, expert, jnp.zeros((M + W, out_dim), lhs.dtype))
+    return jnp.where((jnp.arange(M) < ends[-1])[:, None], out[:M], 0)  # rows in no group: 0
+
+
+def _weight_grad_windows(lhs, dy, group_sizes):
+    """d rhs[e] = lhs_e^T dy_e for every group e, accumulated window by window in float32."""
+    (M, n_in), n_out, E = lhs.shape, dy.shape[1], group_sizes.shape[0]
+    W = _window_rows(M, E)
+    ends = jnp.cumsum(group_sizes)
+    starts = ends - group_sizes
+    # lhs transposed once, (I, M), so that each window's product is a plain (I, W) @ (W, O) matmul,
+    # which XLA:CPU runs about 3x faster than one contracting the rows of both operands.
+    lhs_t, dy = jnp.pad(lhs, ((0, W), (0, 0))).T, jnp.pad(dy, ((0, W), (0, 0)))
+
+    def expert(e):
+        def window(carry):
+            start, acc = carry
+            mine = (jnp.arange(W) < ends[e] - start)[None, :]  # rows of this group only
+            x_t = jnp.where(mine, jax.lax.dynamic_slice_in_dim(lhs_t, start, W, axis=1), 0)
+            dy_w = jax.lax.dynamic_slice_in_dim(dy, start, W)
+            return start + W, acc + jnp.dot(x_t, dy_w, preferred_element_type=jnp.float32)
+
+        zero = jnp.zeros((n_in, n_out), jnp.float32)
+        return jax.lax.while_loop(lambda c: c[0] < ends[e], window, (starts[e], zero))[1]
+
+    return jax.lax.map(expert, jnp.arange(E))  # (E, n_in, n_out)
+
+
+@jax.custom_vjp
+def _grouped_matmul_cpu(lhs, rhs, group_sizes):
+    return _grouped_matmul_windows(lhs, rhs, group_sizes)
+
+
+def _grouped_matmul_cpu_fwd(lhs, rhs, group_sizes):
+    return _grouped_matmul_windows(lhs, rhs, group_sizes), (lhs, rhs, group_sizes)
+
+
+def _grouped_matmul_cpu_bwd(residuals, dy):
+    lhs, rhs, group_sizes = residuals
+    d_lhs = _grouped_matmul_windows(dy, rhs, group_sizes, transpose_rhs=True)
+    return d_lhs, _weight_grad_windows(lhs, dy, group_sizes).astype(rhs.dtype), None
+
+
+_grouped_matmul_cpu.defvjp(_grouped_matmul_cpu_fwd, _grouped_matmul_cpu_bwd)
+
+
+def grouped_matmul(
+    lhs: Float[Array, "M I"], rhs: Float[Array, "E I O"], group_sizes: Int[Array, " E"]
+) -> Float[Array, "M O"]:
+    """`jax.lax.ragged_dot`: rows are grouped by expert (group e: the next group_sizes[e] rows) and
+    multiplied by rhs[e]; rows after the last group give 0.
+
+    GPUs and TPUs run ragged_dot as a grouped matmul kernel. XLA:CPU lowers it to a masked dense
+    matmul, E times the work, so on CPU a loop over experts with its own gradient runs instead.
+    """
+    return jax.lax.platform_dependent(
+        lhs, rhs, group_sizes, cpu=_grouped_matmul_cpu, default=jax.lax.ragged_dot
+    )
+
+
+@jax.custom_vjp
+def _permute_rows(x, index, inverse):
+    """x[index] for a permutation `index` whose inverse is `inverse`; its gradient is also a gather."""
+    return x[index]
+
+
+_permute_rows.defvjp(lambda x, i, inv: (x[i], inv), lambda inv, g: (g[inv], None, None))
+
+
+def _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down) -> None:
+    (T, D), (E, _, F) = x.shape, w_gate.shape
+    if indices.shape != gates.shape or indices.shape[0] != T or w_up.shape != (E, D, F) \
+            or w_gate.shape != (E, D, F) or w_down.shape != (E, F, D):
+        raise ValueError(
+            "dispatch needs x (T, D), indices and gates (T, K), w_gate and w_up (E, D, F), w_down "
+            f"(E, F, D); got {x.shape}, {indices.shape}, {gates.shape}, {w_gate.shape}, "
+            f"{w_up.shape}, {w_down.shape}"
+        )
+
+
+def dispatch_reference(
+    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
+    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
+    capacity: int | None = None,
+) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
+    """Every expert on every token, then a gate-weighted sum of the chosen: (y, kept assignments)."""
+    _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
+    T, K = indices.shape
+    E = w_gate.shape[0]
+    hidden = jax.nn.silu(jnp.einsum("TD,EDF->ETF", x, w_gate)) * jnp.einsum("TD,EDF->ETF", x, w_up)
+    out = jnp.einsum("ETF,EFD->ETD", hidden, w_down)  # expert e's output for every token
+    choice = jax.nn.one_hot(indices, E, dtype=jnp.int32)  # (T, K, E)
+    kept = jnp.ones((T, K), dtype=bool)
+    if capacity is not None:  # queue position: earlier (token, slot) pairs that chose the same expert
+        flat = choice.reshape(T * K, E)
+        position = jnp.sum((jnp.cumsum(flat, axis=0) - 1) * flat, axis=-1).reshape(T, K)
+        kept = position < capacity
+    combine = jnp.einsum("TKE,TK->TE", choice.astype(jnp.float32), jnp.where(kept, gates, 0.0))
+    y = jnp.einsum("TE,ETD->TD", combine, out.astype(jnp.float32))
+    return y.astype(x.dtype), kept
+
+
+def dispatch_fast(
+    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
+    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
+    capacity: int | None = None,
+) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
+    """Sort (token, slot) pairs by expert, one grouped matmul per projection, unsort and combine."""
+    _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
+    (T, K), (E, D, F) = indices.shape, w_gate.shape
+    expert = indices.reshape(T * K)  # pair p = t * K + k
+    order = jnp.argsort(expert, stable=True)  # grouped by expert, earlier tokens first
+    counts = jnp.bincount(expert, length=E)
+    kept = jnp.ones((T * K,), dtype=bool)
+    if capacity is not None:
+        rank = jnp.arange(T * K) - (jnp.cumsum(counts) - counts)[expert[order]]  # queue position
+        kept = kept.at[order].set(rank < capacity)
+        order = jnp.argsort(jnp.where(kept, expert, E), stable=True)  # dropped pairs go last
+        counts = jnp.minimum(counts, capacity)
+    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(T * K, dtype=order.dtype))
+    rows = _permute_rows(jnp.repeat(x, K, axis=0), order, inverse)  # (T*K, D), sorted by expert
+    gate_up = grouped_matmul(rows, jnp.concatenate([w_gate, w_up], axis=-1), counts)  # (T*K, 2F)
+    hidden = jax.nn.silu(gate_up[:, :F]) * gate_up[:, F:]
+    out = _permute_rows(grouped_matmul(hidden, w_down, counts), inverse, order).reshape(T, K, D)
+    weights = jnp.where(kept.reshape(T, K), gates, 0.0)
+    y = jnp.sum(out.astype(jnp.float32) * weights[:, :, None], axis=1)
+    return y.astype(x.dtype), kept.reshape(T, K)
+
+
+# -------------------------------------------------------------------------------------- layer
+
+
+class MoE(nnx.Module):
+    """Shared experts + routed experts behind a router: `y, stats = moe(x)` for x (B, T, D)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if not isinstance(cfg.moe, MoEConfig):
+            raise TypeError(f"cfg.moe must be a MoEConfig, got {type(cfg.moe).__name__}")
+        moe = self.moe_cfg = cfg.moe
+        self.compute_dtype = cfg.compute_dtype
+        E, D, F = moe.n_routed_experts, cfg.d_model, moe.expert_ffn_dim
+
+        def init(shape, scale=1.0, dtype=cfg.weight_dtype):  # like layers.dense: N(0, scale / fan_in)
+            fn = nnx.initializers.variance_scaling(scale, "fan_in", "normal", in_axis=-2,
+                                                   out_axis=-1, batch_axis=(0,))
+            return nnx.Param(fn(rngs.params(), shape, dtype))
+
+        # Rows of the router weight are the expert centroids e_i of eq. 15. Gating stays in float32
+        # whatever the compute dtype, as V3 keeps it (§3.3).
+        self.expert_centroids = nnx.Param(nnx.initializers.variance_scaling(
+            1.0, "fan_in", "normal", in_axis=-1, out_axis=-2)(rngs.params(), (E, D), jnp.float32))
+        self.aux_free_bias = AuxFreeBias(jnp.zeros((E,), jnp.float32))
+        self.routed_gate = init((E, D, F))
+        self.routed_up = init((E, D, F))
+        self.routed_down = init((E, F, D), scale=1.0 / (2 * cfg.n_layers))
+        # N_s shared experts summed = one SwiGLU N_s times as wide (their hidden units concatenated).
+        self.shared_experts = (
+            SwiGLU(cfg, ffn_dim=moe.n_shared_experts * F, rngs=rngs) if moe.n_shared_experts else None
+        )
+
+    def __call__(self, x: Float[Array, "B T D"]) -> tuple[Float[Array, "B T D"], dict[str, Array]]:
+        moe, E = self.moe_cfg, self.moe_cfg.n_routed_experts
+        if x.ndim != 3 or x.shape[-1] != self.expert_centroids.shape[1]:
+            raise ValueError(f"x must be (B, T, D) with D = {self.expert_centroids.shape[1]}, "
+                             f"got shape {x.shape}")
+        B, T, D = x.shape
+        tokens = x.reshape(B * T, D)  # one row per token
+        logits = jnp.einsum("TD,ED->TE", tokens.astype(jnp.float32), self.expert_centroids[...])
+        scores = router_scores(logits, moe.gate)
+        bias = self.aux_free_bias[...] if moe.uses_bias else jnp.zeros((E,), jnp.float32)
+        indices, gates = select_experts(scores, bias, moe)
+        dispatch = dispatch_fast if moe.dispatch == "fast" else dispatch_reference
+        cdt = self.compute_dtype
+        routed, kept = dispatch(
+            tokens.astype(cdt), indices, gates, self.routed_gate[...].astype(cdt),
+            self.routed_up[...].astype(cdt), self.routed_down[...].astype(cdt),
+            capacity=expert_capacity(B * T, moe),
+        )
+        y = routed.reshape(B, T, D)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x).astype(y.dtype)
+        if moe.balancing == "aux_loss":
+            aux_loss = expert_aux_loss(scores, indices, moe.aux_loss_alpha)
+        elif moe.balancing.endswith("seq_aux_loss"):
+            K = moe.experts_per_token
+            aux_loss = sequence_aux_loss(scores.reshape(B, T, E), indices.reshape(B, T, K),
+                                         moe.aux_loss_alpha)
+        else:
+            aux_loss = jnp.zeros((), jnp.float32)
+        load = expert_load(indices, E)
+        stats = {
+            "load": load,  # (E,), fraction of the routed assignments, before any dropping
+            "max_vio": jnp.max(load) * E - 1.0,  # max load / mean load - 1, V3's MaxVio
+            "dropped_frac": 1.0 - jnp.mean(kept.astype(jnp.float32)),
+            "aux_loss": aux_loss,  # already multiplied by alpha; 0 without a loss term
+        }
+        return y, stats
+
+    def update_bias(self, load: Float[Array, " E"]) -> None:
+        """After an optimizer step: move the aux-free bias toward balance (no-op without aux_free)."""
+        if self.moe_cfg.uses_bias:
+            self.aux_free_bias[...] = aux_free_bias_update(
+                self.aux_free_bias[...], load, self.moe_cfg.bias_update_speed
+            )
+
+
+def moe_param_counts(cfg: ModelConfig) -> tuple[int, int]:
+    """(total, activated) parameters of one MoE layer: activated = router + shared + K routed."""
+    moe = cfg.moe
+    if not isinstance(moe, MoEConfig):
+        raise TypeError(f"cfg.moe must be a MoEConfig, got {type(moe).__name__}")
+    per_expert = 3 * cfg.d_model * moe.expert_ffn_dim  # gate, up and down projections
+    router = moe.n_routed_experts * cfg.d_model
+    shared = moe.n_shared_experts * per_expert
+    total = router + shared + moe.n_routed_experts * per_expert
+    return total, router + shared + moe.experts_per_token * per_expert
