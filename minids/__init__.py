@@ -3,11 +3,13 @@
 The public names, one technique per module (see README.md for the map):
 
     from minids import preset, Transformer, fit, generate_text
+
+(`generate` itself stays at `minids.generate.generate`: re-exported here it would hide the module.)
 """
 
 from minids.config import ModelConfig, preset
 from minids.data import TASKS, CharTokenizer, load_local, load_split
-from minids.generate import generate, generate_text, task_accuracy
+from minids.generate import generate_text, task_accuracy
 from minids.model import Transformer, count_params
 from minids.moe import MoE, MoEConfig
 from minids.train import TRAIN_PRESETS, TrainConfig, fit, load_checkpoint, save_checkpoint
@@ -16,6 +18,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "TASKS", "TRAIN_PRESETS", "CharTokenizer", "ModelConfig", "MoE", "MoEConfig", "TrainConfig",
-    "Transformer", "count_params", "fit", "generate", "generate_text", "load_checkpoint", "load_local",
+    "Transformer", "count_params", "fit", "generate_text", "load_checkpoint", "load_local",
     "load_split", "preset", "save_checkpoint", "task_accuracy",
 ]
