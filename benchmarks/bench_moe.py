@@ -38,12 +38,12 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import log, print_columns
 from flax import nnx
 
 from minids.config import preset
@@ -57,10 +57,6 @@ SIZES = {
     "small": ("small", 16, 256, dict(n_routed_experts=16, experts_per_token=2, n_shared_experts=1,
                                      expert_ffn_dim=256), 6),
 }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def forward_backward(module: nnx.Module, x: jax.Array):
@@ -129,10 +125,7 @@ def print_table(report: dict) -> None:
         ("fast / dense", lambda r: f"{r['fast_ratio']:.2f}x"),
         ("reference / dense", lambda r: f"{r['reference_ratio']:.2f}x"),
     ]
-    names = list(report["sizes"])
-    print(f"{'':28s}" + "".join(f"{n:>20s}" for n in names))
-    for label, fmt in rows:
-        print(f"{label:28s}" + "".join(f"{fmt(report['sizes'][n]):>20s}" for n in names))
+    print_columns(report["sizes"], rows, width=20)
 
 
 def main(argv: list[str] | None = None) -> dict:

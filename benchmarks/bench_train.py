@@ -61,12 +61,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import log, print_columns
 from flax import nnx
 
 from minids.config import preset
@@ -78,10 +78,6 @@ from minids.train import TrainConfig, make_optimizer, train_step
 TRAIN_SHAPES = {"tiny": (64, 10, 5), "small": (16, 8, 1)}
 GEN_BATCH, GEN_PROMPT_LEN, GEN_NEW_TOKENS = 8, 8, 128
 MATMUL_N = 2048
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def matmul_params(cfg) -> int:
@@ -210,10 +206,7 @@ def print_table(report: dict) -> None:
         ("recompute, tokens / s", lambda r: f"{r['recompute_tokens_per_s']:,.0f}"),
         ("cached / recompute", lambda r: f"{r['cache_speedup']:.1f}x"),
     ]
-    names = list(report["presets"])
-    print(f"{'':28s}" + "".join(f"{n:>22s}" for n in names))
-    for label, fmt in rows:
-        print(f"{label:28s}" + "".join(f"{fmt(report['presets'][n]):>22s}" for n in names))
+    print_columns(report["presets"], rows, width=22)
 
 
 def main(argv: list[str] | None = None) -> dict:
