@@ -56,7 +56,7 @@ def _value_and_grads(fn, q, k, v):
     def loss(q, k, v):
         return jnp.sum(fn(q, k, v).astype(jnp.float32) * weights)
 
-    out = fn(q, k, v)
+    out = jax.jit(fn)(q, k, v)
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
     return np.asarray(out, np.float32), [np.asarray(g, np.float32) for g in grads]
 
@@ -123,12 +123,12 @@ def test_fast_attention_in_bfloat16_is_as_close_to_float32_as_the_reference():
 # ------------------------------------------------------------------ blockwise_causal_attention
 
 
-@pytest.mark.parametrize("n_blocks", [1, 2, 4, 8])
+@pytest.mark.parametrize("n_blocks", [1, 2, 4])
 @pytest.mark.parametrize("attend", [dot_product_attention, dot_product_attention_fast],
                          ids=["reference", "fast"])
 def test_blockwise_causal_attention_matches_full_causal_attention(n_blocks, attend):
-    q, k, v = _qkv(B=2, T=32, N=4, M=2)
-    mask = attention_mask(32, 32)
+    q, k, v = _qkv(B=2, T=24, N=4, M=2)
+    mask = attention_mask(24, 24)
     blocks = _value_and_grads(lambda q, k, v: blockwise_causal_attention(q, k, v, n_blocks, attend),
                               q, k, v)
     ref = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), q, k, v)
@@ -157,6 +157,12 @@ def test_causal_self_attention_of_a_long_sequence_takes_the_blockwise_path_and_m
 # ----------------------------------------------------------- the module and the model, end to end
 
 
+def _apply(module, fn):
+    """fn(module), compiled (eager op-by-op dispatch of a whole model is slow)."""
+    graphdef, state = nnx.split(module)
+    return jax.jit(lambda state: fn(nnx.merge(graphdef, state)))(state)
+
+
 def _param_grads(module, fn):
     graphdef, params = nnx.split(module, nnx.Param)
 
@@ -174,8 +180,8 @@ def test_attention_training_path_matches_the_masked_reference_path(T):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, T, 32)), jnp.float32)
     positions = jnp.broadcast_to(jnp.arange(T), (2, T))
     everything = jnp.ones((2, T), bool)
-    fast, _ = layer(x, positions)
-    ref, _ = layer(x, positions, key_mask=everything)
+    fast = _apply(layer, lambda m: m(x, positions)[0])
+    ref = _apply(layer, lambda m: m(x, positions, key_mask=everything)[0])
     np.testing.assert_allclose(np.asarray(fast), np.asarray(ref), atol=ATOL)
     g_fast = _param_grads(layer, lambda m: jnp.sum(m(x, positions)[0] ** 2))
     g_ref = _param_grads(layer, lambda m: jnp.sum(m(x, positions, key_mask=everything)[0] ** 2))
@@ -190,8 +196,9 @@ def test_transformer_logits_and_loss_gradients_match_the_reference_path():
     tokens = jnp.asarray(np.random.default_rng(0).integers(3, 99, (2, 128)), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(128), (2, 128))
     everything = jnp.ones((2, 128), bool)
-    np.testing.assert_allclose(np.asarray(model(tokens)),
-                               np.asarray(model(tokens, positions, everything)), atol=ATOL)
+    np.testing.assert_allclose(np.asarray(_apply(model, lambda m: m(tokens))),
+                               np.asarray(_apply(model, lambda m: m(tokens, positions, everything))),
+                               atol=ATOL)
 
     def loss(m, key_mask):
         logits = m(tokens, positions, key_mask)
