@@ -28,7 +28,7 @@ from jaxtyping import Array, Bool, Float, Int
 from minids.attention import Attention
 from minids.config import ModelConfig
 from minids.layers import Embedding, RMSNorm, SwiGLU, dense
-from minids.moe import MoE
+from minids.moe import MoE, moe_param_counts
 
 
 @struct.dataclass
@@ -175,10 +175,7 @@ def count_params(model: nnx.Module, *, activated: bool = False) -> int:
     """
     params = nnx.state(model, nnx.Param)
     total = int(sum(x.size for x in jax.tree.leaves(params)))
-    if not activated or not isinstance(model, Transformer):
+    if not activated or not isinstance(model, Transformer) or model.cfg.moe is None:
         return total
-    for layer in model.moe_layers():
-        cfg = layer.moe_cfg
-        per_expert = layer.routed_gate.size // cfg.n_routed_experts * 3
-        total -= (cfg.n_routed_experts - cfg.experts_per_token) * per_expert
-    return total
+    moe_total, moe_activated = moe_param_counts(model.cfg)
+    return total - len(model.moe_layers()) * (moe_total - moe_activated)
