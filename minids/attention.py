@@ -56,19 +56,24 @@ def attention_mask(
 def dot_product_attention(
     q: Float[Array, "B T N H"],
     k: Float[Array, "B S M H"],
-    v: Float[Array, "B S M H"],
+    v: Float[Array, "B S M Hv"],
     mask: Bool[Array, "B T S"],
-) -> Float[Array, "B T N H"]:
-    """softmax(q k^T / sqrt(H) + mask) v, with N = M * G query heads sharing M key/value heads."""
+    scale: float | None = None,
+) -> Float[Array, "B T N Hv"]:
+    """softmax(q k^T * scale + mask) v, with N = M * G query heads sharing M key/value heads.
+
+    `scale` defaults to 1/sqrt(H). Values may have their own head dim Hv (MLA's differs from H).
+    """
     B, T, N, H = q.shape
-    M = k.shape[2]
+    M, Hv = k.shape[2], v.shape[-1]
+    scale = H**-0.5 if scale is None else scale
     q = q.reshape(B, T, M, N // M, H)  # (B, T, M, G, H)
     scores = jnp.einsum("BTMGH,BSMH->BMGTS", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (H**-0.5)
+    scores = scores * scale
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("BMGTS,BSMH->BTMGH", probs, v)
-    return out.reshape(B, T, N, H)
+    return out.reshape(B, T, N, Hv)
 
 
 # ------------------------------------------------------------------------------------ fast paths
@@ -88,7 +93,7 @@ def _transposed(x: Array) -> Array:
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _attend(q, k, v, mask, groups: int):
-    """Attention on heads-first tensors: q (B, M, G*T, H) already times 1/sqrt(H), k and v (B, M, S, H)."""
+    """Attention on heads-first tensors: q (B, M, G*T, H) already scaled, k (B, M, S, H), v (B, M, S, Hv)."""
     return _attend_forward(q, k, v, mask, groups)[0]
 
 
@@ -134,15 +139,16 @@ _attend.defvjp(_attend_forward, _attend_backward)
 def dot_product_attention_fast(
     q: Float[Array, "B T N H"],
     k: Float[Array, "B S M H"],
-    v: Float[Array, "B S M H"],
+    v: Float[Array, "B S M Hv"],
     mask: Bool[Array, "B T S"],
-) -> Float[Array, "B T N H"]:
+    scale: float | None = None,
+) -> Float[Array, "B T N Hv"]:
     """`dot_product_attention` laid out and differentiated for speed on XLA:CPU; same arguments, result.
 
     - Heads first: the G query heads that share key/value head m are stacked as the rows of one
       (G*T, H) matrix, so the scores of each (batch, kv head) are one plain matmul, and no
       (B, M, G, T, S)-sized transpose is needed (the reference's einsum makes one).
-    - 1/sqrt(H) scales q (T*H numbers), not the scores (T*S numbers).
+    - The scale (1/sqrt(H) by default) multiplies q (T*H numbers), not the scores (T*S numbers).
     - The mask is added as a 0 / -1e30 bias instead of selected with `where`: the probabilities
       are identical (a score plus -1e30 rounds to -1e30), and the add fuses into the softmax.
     - The backward pass is written out (`_attend_backward`) so that every matmul has a layout
@@ -152,21 +158,23 @@ def dot_product_attention_fast(
     8 query / 4 kv heads of 32, CPU); the outputs agree to float32 rounding.
     """
     B, T, N, H = q.shape
-    M = k.shape[2]
+    M, Hv = k.shape[2], v.shape[-1]
     G = N // M
-    q = (q * H**-0.5).reshape(B, T, M, G, H).transpose(0, 2, 3, 1, 4).reshape(B, M, G * T, H)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, M, S, H)
-    out = _attend(q, k, v, mask, G)  # (B, M, G*T, H)
-    return out.reshape(B, M, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    scale = H**-0.5 if scale is None else scale
+    q = (q * scale).reshape(B, T, M, G, H).transpose(0, 2, 3, 1, 4).reshape(B, M, G * T, H)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, M, S, H) and (B, M, S, Hv)
+    out = _attend(q, k, v, mask, G)  # (B, M, G*T, Hv)
+    return out.reshape(B, M, G, T, Hv).transpose(0, 3, 1, 2, 4).reshape(B, T, N, Hv)
 
 
 def blockwise_causal_attention(
     q: Float[Array, "B T N H"],
     k: Float[Array, "B T M H"],
-    v: Float[Array, "B T M H"],
+    v: Float[Array, "B T M Hv"],
     n_blocks: int,
     attend: Callable[..., Array] = dot_product_attention,
-) -> Float[Array, "B T N H"]:
+    scale: float | None = None,
+) -> Float[Array, "B T N Hv"]:
     """Causal attention computed one block of queries at a time, skipping the keys a block can't see.
 
     Split the T queries into `n_blocks` blocks of T/n rows. Block i (queries iT/n .. (i+1)T/n - 1)
@@ -184,7 +192,7 @@ def blockwise_causal_attention(
     for i in range(n_blocks):
         seen = (i + 1) * rows  # keys 0 .. seen-1
         mask = attention_mask(rows, seen, offset=i * rows)
-        blocks.append(attend(q[:, i * rows : seen], k[:, :seen], v[:, :seen], mask))
+        blocks.append(attend(q[:, i * rows : seen], k[:, :seen], v[:, :seen], mask, scale))
     return jnp.concatenate(blocks, axis=1)
 
 
@@ -201,20 +209,32 @@ def _causal_blocks(T: int) -> int:
 
 
 def causal_self_attention(
-    q: Float[Array, "B T N H"], k: Float[Array, "B T N H"], v: Float[Array, "B T N H"]
+    q: Float[Array, "B T N H"], k: Float[Array, "B T M H"], v: Float[Array, "B T M H"]
 ) -> Float[Array, "B T N H"]:
     """Plain causal attention over one sequence: the function exercise 00 asks students to write.
 
-    The readable definition is `dot_product_attention(q, k, v, attention_mask(T, T))`. It is
-    computed blockwise for T >= 128 (`blockwise_causal_attention`, on every backend), and on CPU
+    The readable definition is `dot_product_attention(q, k, v, attention_mask(T, T))`; it is
+    computed with the fast paths of `causal_attention`.
+    """
+    return causal_attention(q, k, v)
+
+
+def causal_attention(
+    q: Float[Array, "B T N H"], k: Float[Array, "B T M H"], v: Float[Array, "B T M Hv"],
+    scale: float | None = None,
+) -> Float[Array, "B T N Hv"]:
+    """Causal attention for a training step, `dot_product_attention` with the fast paths.
+
+    Computed blockwise for T >= 128 (`blockwise_causal_attention`, on every backend), and on CPU
     with `dot_product_attention_fast`; elsewhere XLA's own autodiff of the reference is kept.
+    `scale` defaults to 1/sqrt(H); values may have their own head dim (MLA uses both).
     """
     T, S = q.shape[1], k.shape[1]
     attend = dot_product_attention_fast if jax.default_backend() == "cpu" else dot_product_attention
     n_blocks = _causal_blocks(T) if S == T else 1
     if n_blocks > 1:
-        return blockwise_causal_attention(q, k, v, n_blocks, attend)
-    return attend(q, k, v, attention_mask(T, S))
+        return blockwise_causal_attention(q, k, v, n_blocks, attend, scale)
+    return attend(q, k, v, attention_mask(T, S), scale)
 
 
 class Attention(nnx.Module):

@@ -5,8 +5,9 @@ with `dataclasses.replace(cfg, n_layers=4)` (or `preset("tiny", n_layers=4)`), a
 in `__post_init__`: a bad value raises `ValueError` naming the field, the value and the rule, before
 anything is traced or compiled.
 
-Later techniques attach their own sub-configs here (`mla`, `moe`, `fp8`, `mtp`); until a module
-defines them they stay `None`, which means "the plain baseline transformer".
+Techniques attach their own sub-configs here: `moe` (minids.moe.MoEConfig), `mla`
+(minids.mla.MLAConfig), `fp8` (minids.fp8.FP8Config) and, later, `mtp`. `None` means the plain
+baseline: dense SwiGLU feed-forward, GQA attention, no FP8 GEMMs.
 
 Presets:
 
@@ -92,9 +93,18 @@ class ModelConfig:
                     f"moe.n_dense_layers ({self.moe.n_dense_layers}) must be < n_layers ({self.n_layers}): "
                     "otherwise no block would use the MoE feed-forward"
                 )
-        for name in ("mla", "fp8", "mtp"):
-            if getattr(self, name) is not None:
-                raise ValueError(f"{name} is not implemented yet in minids; leave it None")
+        if self.mla is not None:
+            from minids.mla import MLAConfig
+
+            if not isinstance(self.mla, MLAConfig):
+                raise ValueError(f"mla must be None or a minids.mla.MLAConfig, got {type(self.mla).__name__}")
+        if self.fp8 is not None:
+            from minids.fp8 import FP8Config
+
+            if not isinstance(self.fp8, FP8Config):
+                raise ValueError(f"fp8 must be None or a minids.fp8.FP8Config, got {type(self.fp8).__name__}")
+        if self.mtp is not None:
+            raise ValueError("mtp is not implemented yet in minids; leave it None")
 
     @property
     def compute_dtype(self):
@@ -103,6 +113,37 @@ class ModelConfig:
     @property
     def weight_dtype(self):
         return DTYPES[self.param_dtype]
+
+    @property
+    def attention(self) -> str:
+        """"mla" with an `mla` sub-config; otherwise "mha", "gqa" or "mqa" from the key/value heads."""
+        if self.mla is not None:
+            return "mla"
+        if self.n_kv_heads == self.n_heads:
+            return "mha"
+        return "mqa" if self.n_kv_heads == 1 else "gqa"
+
+    @property
+    def precision(self) -> str:
+        """"fp8" with an `fp8` sub-config, else "bf16" or "fp32" from the compute dtype."""
+        if self.fp8 is not None:
+            return "fp8"
+        return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[self.dtype]
+
+    def with_precision(self, precision: str) -> ModelConfig:
+        """This config trained in "fp32", "bf16" or "fp8" (V3's recipe: bf16 compute around FP8 GEMMs).
+
+        Master weights stay float32 in every case.
+        """
+        if precision == "fp32":
+            return dataclasses.replace(self, dtype="float32", fp8=None)
+        if precision == "bf16":
+            return dataclasses.replace(self, dtype="bfloat16", fp8=None)
+        if precision == "fp8":
+            from minids.fp8 import FP8Config
+
+            return dataclasses.replace(self, fp8=self.fp8 or FP8Config())
+        raise ValueError(f"precision must be one of ['bf16', 'fp32', 'fp8'], got {precision!r}")
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -121,6 +162,14 @@ class ModelConfig:
             from minids.moe import MoEConfig
 
             d["moe"] = MoEConfig(**d["moe"])
+        if isinstance(d.get("mla"), dict):
+            from minids.mla import MLAConfig
+
+            d["mla"] = MLAConfig(**d["mla"])
+        if isinstance(d.get("fp8"), dict):
+            from minids.fp8 import FP8Config
+
+            d["fp8"] = FP8Config(**d["fp8"])  # FP8Config turns JSON lists back into tuples
         return cls(**d)
 
 

@@ -57,11 +57,16 @@ def apply_rope(
     return rotated.astype(x.dtype)
 
 
-def dense(d_in: int, d_out: int, cfg: ModelConfig, *, rngs: nnx.Rngs, scale: float = 1.0) -> nnx.Linear:
+def dense(
+    d_in: int, d_out: int, cfg: ModelConfig, *, rngs: nnx.Rngs, scale: float = 1.0,
+    high_precision: bool = False,
+) -> nnx.Module:
     """A bias-free linear layer in the config's compute and parameter dtypes.
 
     Weights ~ N(0, scale / d_in): `scale < 1` is used for the projections that write into the
     residual stream, so that the stream's variance does not grow with depth at initialisation.
+    `high_precision=True` marks a layer that stays out of FP8 when `cfg.fp8` is set (the output
+    head, as in DeepSeek-V3 §3.3.1).
     """
     init = nnx.initializers.variance_scaling(scale, "fan_in", "normal")
     return nnx.Linear(

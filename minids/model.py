@@ -28,12 +28,16 @@ from jaxtyping import Array, Bool, Float, Int
 from minids.attention import Attention
 from minids.config import ModelConfig
 from minids.layers import Embedding, RMSNorm, SwiGLU, dense
+from minids.mla import MLA
 from minids.moe import MoE, moe_param_counts
 
 
 @struct.dataclass
 class KVCache:
-    """Per-layer cache buffers, which slots hold real tokens, and the next slot to write."""
+    """Per-layer cache buffers, which slots hold real tokens, and the next slot to write.
+
+    A layer's buffers are {"k", "v"} for GQA attention and {"c_kv", "k_rope"} for MLA.
+    """
 
     layers: tuple[dict[str, Array], ...]
     key_mask: Bool[Array, "B S"]
@@ -44,16 +48,16 @@ class KVCache:
         return self.key_mask.shape[1]
 
     def nbytes(self) -> int:
-        """Bytes held by the cache buffers (keys and values of every layer)."""
+        """Bytes held by the cache buffers of every layer (not counting `key_mask`)."""
         return sum(a.nbytes for layer in self.layers for a in layer.values())
 
 
 class Block(nnx.Module):
-    """Attention then a feed-forward network: dense SwiGLU, or DeepSeekMoE when `use_moe`."""
+    """Attention (GQA, or MLA with `cfg.mla`) then a feed-forward network (SwiGLU, or MoE if `use_moe`)."""
 
     def __init__(self, cfg: ModelConfig, *, use_moe: bool = False, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = MLA(cfg, rngs=rngs) if cfg.mla is not None else Attention(cfg, rngs=rngs)
         self.ffn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
         self.use_moe = use_moe
         self.ffn = MoE(cfg, rngs=rngs) if use_moe else SwiGLU(cfg, rngs=rngs)
@@ -84,7 +88,10 @@ class Transformer(nnx.Module):
             [Block(cfg, use_moe=i >= n_dense, rngs=rngs) for i in range(cfg.n_layers)]
         )
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
-        self.lm_head = None if cfg.tie_embeddings else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs)
+        self.lm_head = (
+            None if cfg.tie_embeddings
+            else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs, high_precision=True)
+        )
 
     def _logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
         B, T, D = x.shape

@@ -24,6 +24,7 @@ EXERCISES = {
         {"apply_rope": "minids.layers", "causal_self_attention": "minids.attention"},
         15,
     ),
+    "02_mla": ({"latent_kv": "minids.mla", "absorbed_scores": "minids.mla"}, 12),
     "01_moe_router": (
         {
             "sigmoid_topk_router": "minids.moe",

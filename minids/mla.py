@@ -1,0 +1,272 @@
+"""Multi-head latent attention (MLA): a key/value cache of one small latent per token.
+
+DeepSeek-V2 §2.1 (eqs. 1-19), kept unchanged in DeepSeek-V3 §2.1.1. With standard multi-head
+attention each token caches N keys and N values of H numbers each, 2·N·H per layer. MLA caches one
+latent vector instead and rebuilds the keys and values from it:
+
+    c_kv   = RMSNorm(W_DKV h)                        (C numbers: the latent, eq. 9)
+    k_nope = W_UK c_kv,   v = W_UV c_kv              (per head, Hn and Hv numbers: eqs. 10-11)
+
+RoPE does not fit that scheme (see "decoupled RoPE" below), so position goes into a separate,
+small key shared by all heads, and a matching part of each query:
+
+    k_rope = RoPE(W_KR h)                            (R numbers, one for all heads: eq. 15)
+    q      = W_UQ RMSNorm(W_DQ h)  -> per head [q_nope (Hn) ; RoPE(q_rope) (R)]   (eqs. 12-14)
+    score  = (q_nope · k_nope + q_rope · k_rope) / sqrt(Hn + R)                     (eqs. 16-18)
+
+Only c_kv and k_rope are cached: C + R numbers per token per layer (V3: 512 + 64 = 576, against
+2·128·128 = 32768 for MHA with the same heads). V2-Lite skips query compression (`q_lora_rank=0`:
+q = W_Q h). In code, W_DKV and W_KR are one matrix `wkv_a` (D -> C + R), and W_UK and W_UV are one
+matrix `wkv_b` (C -> N·(Hn + Hv)), as in DeepSeek's released weights.
+
+Two ways to decode from the latent cache (both tested equal to the full-sequence forward pass):
+
+- naive: rebuild every cached token's k_nope and v with `wkv_b` at each step, then attend as usual.
+  Work per step grows as S·C·N·(Hn + Hv).
+- absorbed (V2 §2.1.2): q_nope · (W_UK c_kv) = (W_UK^T q_nope) · c_kv, so fold W_UK into the query
+  once per step and score against the latents directly; likewise apply W_UV after the weighted sum
+  of latents. Attention then runs in latent space, like multi-query attention with one key/value
+  head of width C + R, and the per-step work grows only as S·N·(C + R).
+
+Why decoupled RoPE: RoPE multiplies a key by a position-dependent rotation, RoPE(W_UK c_kv) =
+Rot(s) W_UK c_kv, and Rot(s) sits between the query and W_UK, so W_UK can no longer be folded into
+the query once for all cached tokens (notebook 02 shows it numerically). The rotation is applied
+only to the extra k_rope part, which is cached already rotated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from minids.attention import _MASKED, attention_mask, causal_attention, dot_product_attention
+from minids.config import ModelConfig
+from minids.layers import RMSNorm, apply_rope, dense
+
+DECODE = ("absorbed", "naive")
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """MLA's widths (V2 Table 1's d_c', d_c, d_h and d_h^R). `ModelConfig.n_heads` gives N.
+
+    With `mla` set, `ModelConfig.n_kv_heads` and `head_dim` are not used by attention.
+    """
+
+    q_lora_rank: int = 0  # query latent width d_c' (V3 1536); 0 = no query compression (V2-Lite)
+    kv_lora_rank: int = 64  # C, the cached latent width d_c (V3 512)
+    qk_nope_head_dim: int = 32  # Hn, the per-head key/query part without position (V3 128)
+    qk_rope_head_dim: int = 16  # R, the decoupled RoPE part, shared key (V3 64)
+    v_head_dim: int = 32  # Hv, per-head value width (V3 128)
+    decode: str = "absorbed"  # how cached decoding attends: "absorbed" or "naive"
+
+    def __post_init__(self) -> None:
+        q = self.q_lora_rank
+        if isinstance(q, bool) or not isinstance(q, int) or q < 0:
+            raise ValueError(f"mla.q_lora_rank must be an integer >= 0 (0 = no query compression), got {q!r}")
+        for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"mla.{name} must be a positive integer, got {value!r}")
+        if self.qk_rope_head_dim % 2:
+            raise ValueError(
+                f"mla.qk_rope_head_dim must be even for RoPE (it rotates pairs), got {self.qk_rope_head_dim}"
+            )
+        if self.decode not in DECODE:
+            raise ValueError(f"mla.decode must be one of {list(DECODE)}, got {self.decode!r}")
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def softmax_scale(self) -> float:
+        """1 / sqrt(Hn + R): queries and keys have Hn + R channels (V2 eq. 18)."""
+        return self.qk_head_dim**-0.5
+
+    def replace(self, **changes) -> MLAConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# ------------------------------------------------------------------------- the pieces, as functions
+
+
+def split_latent(
+    kv: Float[Array, "B T CR"], norm_scale: Float[Array, " C"], positions: Int[Array, "B T"],
+    kv_lora_rank: int, rope_theta: float = 10_000.0, eps: float = 1e-6,
+) -> tuple[Float[Array, "B T C"], Float[Array, "B T R"]]:
+    """Split W_DKV h into the normalised latent c_kv and the rotated shared key k_rope."""
+    c_kv, k_rope = kv[..., :kv_lora_rank], kv[..., kv_lora_rank:]
+    c32 = c_kv.astype(jnp.float32)
+    rms = jax.lax.rsqrt(jnp.mean(c32 * c32, axis=-1, keepdims=True) + eps)
+    c_kv = (c32 * rms * norm_scale.astype(jnp.float32)[None, None, :]).astype(kv.dtype)
+    k_rope = apply_rope(k_rope[:, :, None, :], positions, rope_theta)[:, :, 0, :]  # one "head"
+    return c_kv, k_rope
+
+
+def latent_kv(
+    x: Float[Array, "B T D"], w_dkv: Float[Array, "D CR"], norm_scale: Float[Array, " C"],
+    positions: Int[Array, "B T"], kv_lora_rank: int, rope_theta: float = 10_000.0, eps: float = 1e-6,
+) -> tuple[Float[Array, "B T C"], Float[Array, "B T R"]]:
+    """What MLA caches for each token (V2 eqs. 9 and 15): exercise 02 asks students to write it.
+
+    x @ w_dkv gives C + R numbers per token; the first C, RMS-normalised with `norm_scale`, are the
+    latent c_kv; the last R, rotated by RoPE at each token's position, are the shared key k_rope.
+    """
+    kv = jnp.einsum("BTD,DK->BTK", x, w_dkv.astype(x.dtype))
+    return split_latent(kv, norm_scale, positions, kv_lora_rank, rope_theta, eps)
+
+
+def naive_scores(
+    q_nope: Float[Array, "B T N Hn"], q_rope: Float[Array, "B T N R"], c_kv: Float[Array, "B S C"],
+    k_rope: Float[Array, "B S R"], w_uk: Float[Array, "C N Hn"], scale: float,
+) -> Float[Array, "B N T S"]:
+    """Attention scores the obvious way: rebuild k_nope = W_UK c_kv for every key, then q · k."""
+    k_nope = jnp.einsum("BSC,CNH->BSNH", c_kv, w_uk)
+    f32 = jnp.float32
+    nope = jnp.einsum("BTNH,BSNH->BNTS", q_nope, k_nope, preferred_element_type=f32)
+    rope = jnp.einsum("BTNR,BSR->BNTS", q_rope, k_rope, preferred_element_type=f32)
+    return (nope + rope) * scale
+
+
+def absorbed_scores(
+    q_nope: Float[Array, "B T N Hn"], q_rope: Float[Array, "B T N R"], c_kv: Float[Array, "B S C"],
+    k_rope: Float[Array, "B S R"], w_uk: Float[Array, "C N Hn"], scale: float,
+) -> Float[Array, "B N T S"]:
+    """The same scores with W_UK absorbed into the query (exercise 02): never builds a key.
+
+    q_nope · (W_UK c_kv) = (W_UK^T q_nope) · c_kv: each query moves into latent space once
+    (N·Hn·C work per query), then scores against every cached latent directly.
+    """
+    f32 = jnp.float32
+    q_latent = jnp.einsum("BTNH,CNH->BTNC", q_nope, w_uk)  # (B, T, N, C)
+    nope = jnp.einsum("BTNC,BSC->BNTS", q_latent, c_kv, preferred_element_type=f32)
+    rope = jnp.einsum("BTNR,BSR->BNTS", q_rope, k_rope, preferred_element_type=f32)
+    return (nope + rope) * scale
+
+
+# ------------------------------------------------------------------------------------- the module
+
+
+class MLA(nnx.Module):
+    """Multi-head latent attention with a latent cache {"c_kv": (B, S, C), "k_rope": (B, S, R)}."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        m: MLAConfig = cfg.mla
+        D, N = cfg.d_model, cfg.n_heads
+        self.n_heads, self.rope_theta, self.eps = N, cfg.rope_theta, cfg.norm_eps
+        self.rank, self.nope, self.rope, self.v_dim = (
+            m.kv_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim)
+        self.scale, self.decode, self.dtype = m.softmax_scale, m.decode, cfg.compute_dtype
+        q_out = N * m.qk_head_dim
+        if m.q_lora_rank:
+            self.wq_a = dense(D, m.q_lora_rank, cfg, rngs=rngs)  # W_DQ
+            self.q_norm = RMSNorm(m.q_lora_rank, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
+            self.wq_b = dense(m.q_lora_rank, q_out, cfg, rngs=rngs)  # W_UQ and W_QR
+            self.wq = None
+        else:
+            self.wq_a = self.q_norm = self.wq_b = None
+            self.wq = dense(D, q_out, cfg, rngs=rngs)
+        self.wkv_a = dense(D, m.kv_lora_rank + m.qk_rope_head_dim, cfg, rngs=rngs)  # W_DKV and W_KR
+        self.kv_norm = RMSNorm(m.kv_lora_rank, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
+        self.wkv_b = dense(m.kv_lora_rank, N * (m.qk_nope_head_dim + m.v_head_dim), cfg, rngs=rngs)
+        self.wo = dense(N * m.v_head_dim, D, cfg, rngs=rngs, scale=1.0 / (2 * cfg.n_layers))
+
+    def init_cache(self, batch: int, max_len: int) -> dict[str, Array]:
+        """Zeroed latent cache for one layer: C + R numbers per slot, nothing else."""
+        return {"c_kv": jnp.zeros((batch, max_len, self.rank), self.dtype),
+                "k_rope": jnp.zeros((batch, max_len, self.rope), self.dtype)}
+
+    def up_projections(self) -> tuple[Float[Array, "C N Hn"], Float[Array, "C N Hv"]]:
+        """W_UK and W_UV, read out of `wkv_b`'s kernel, per head."""
+        w = self.wkv_b.kernel[...].astype(self.dtype).reshape(self.rank, self.n_heads, self.nope + self.v_dim)
+        return w[..., : self.nope], w[..., self.nope :]
+
+    def queries(self, tokens: Float[Array, "BT D"], positions: Int[Array, "B T"]):
+        """q_nope (B, T, N, Hn) and the rotated q_rope (B, T, N, R)."""
+        B, T = positions.shape
+        if self.wq is None:
+            q = self.wq_b(self.q_norm(self.wq_a(tokens)))
+        else:
+            q = self.wq(tokens)
+        q = q.reshape(B, T, self.n_heads, self.nope + self.rope)
+        return q[..., : self.nope], apply_rope(q[..., self.nope :], positions, self.rope_theta)
+
+    def expand(self, c_kv: Float[Array, "B S C"], k_rope: Float[Array, "B S R"]):
+        """Full per-head keys [k_nope ; k_rope] (B, S, N, Hn + R) and values (B, S, N, Hv)."""
+        B, S, C = c_kv.shape
+        kv = self.wkv_b(c_kv.reshape(B * S, C)).reshape(B, S, self.n_heads, self.nope + self.v_dim)
+        k_nope, v = kv[..., : self.nope], kv[..., self.nope :]
+        shared = jnp.broadcast_to(k_rope[:, :, None, :], (B, S, self.n_heads, self.rope))
+        return jnp.concatenate([k_nope, shared], axis=-1), v
+
+    def __call__(
+        self,
+        x: Float[Array, "B T D"],
+        positions: Int[Array, "B T"],
+        *,
+        key_mask: Bool[Array, "B S"] | None = None,
+        cache: dict[str, Array] | None = None,
+        index: Int[Array, ""] | int = 0,
+    ) -> tuple[Float[Array, "B T D"], dict[str, Array] | None]:
+        """Same contract as `minids.attention.Attention`, with the latent cache."""
+        B, T, D = x.shape
+        tokens = x.reshape(B * T, D)  # one row per token (see the note in layers.py)
+        q_nope, q_rope = self.queries(tokens, positions)
+        kv = self.wkv_a(tokens).reshape(B, T, self.rank + self.rope)
+        c_kv, k_rope = split_latent(kv, self.kv_norm.scale[...], positions, self.rank,
+                                    self.rope_theta, self.eps)
+        if cache is not None:
+            c_kv = jax.lax.dynamic_update_slice(cache["c_kv"], c_kv.astype(cache["c_kv"].dtype), (0, index, 0))
+            k_rope = jax.lax.dynamic_update_slice(cache["k_rope"], k_rope.astype(cache["k_rope"].dtype),
+                                                  (0, index, 0))
+            cache = {"c_kv": c_kv, "k_rope": k_rope}
+        q = jnp.concatenate([q_nope, q_rope], axis=-1)  # (B, T, N, Hn + R)
+        if cache is None and key_mask is None and isinstance(index, int) and index == 0:
+            k, v = self.expand(c_kv, k_rope)  # training: full keys for T tokens, the fast path
+            out = causal_attention(q, k, v, self.scale)
+        else:
+            mask = attention_mask(T, c_kv.shape[1], index, key_mask)
+            if self.decode == "absorbed" and cache is not None:
+                out = self._absorbed(q_nope, q_rope, c_kv, k_rope, mask)
+            else:
+                k, v = self.expand(c_kv, k_rope)
+                out = dot_product_attention(q, k, v, mask, self.scale)
+        out = out.reshape(B * T, self.n_heads * self.v_dim)
+        return self.wo(out).reshape(B, T, D), cache
+
+    def _absorbed(self, q_nope, q_rope, c_kv, k_rope, mask) -> Float[Array, "B T N Hv"]:
+        """Attend in latent space: scores against c_kv, weighted sum of c_kv, then W_UV."""
+        w_uk, w_uv = self.up_projections()
+        scores = absorbed_scores(q_nope, q_rope, c_kv, k_rope, w_uk, self.scale)  # (B, N, T, S)
+        scores = jnp.where(mask[:, None, :, :], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(c_kv.dtype)
+        latent_out = jnp.einsum("BNTS,BSC->BTNC", probs, c_kv)
+        return jnp.einsum("BTNC,CNH->BTNH", latent_out, w_uv)
+
+
+# ----------------------------------------------------------------------------- cache accounting
+
+
+def kv_cache_elements_per_token(cfg: ModelConfig) -> int:
+    """Numbers one token leaves in one layer's cache (V2 Table 1).
+
+    MHA 2·N·H, GQA 2·M·H (M key/value heads), MQA 2·H, MLA C + R.
+    """
+    if cfg.mla is not None:
+        return cfg.mla.kv_lora_rank + cfg.mla.qk_rope_head_dim
+    return 2 * cfg.n_kv_heads * cfg.head_dim
+
+
+def kv_cache_bytes_per_token(cfg: ModelConfig, dtype: str | None = None) -> int:
+    """Bytes one token adds to the cache, over all layers, in `dtype` (default: the compute dtype).
+
+    DeepSeek-V3: 576 numbers x 61 layers x 2 bytes (bf16) = 70,272 bytes.
+    """
+    itemsize = jnp.dtype(dtype or cfg.compute_dtype).itemsize
+    return kv_cache_elements_per_token(cfg) * cfg.n_layers * itemsize
