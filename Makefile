@@ -33,6 +33,7 @@ smoke: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_moe.py
+	$(BIN)/python benchmarks/bench_mla.py
 
 figures: $(VENV)/.dev-installed
 	$(BIN)/python -m minids train --preset tiny --out runs/tiny --no-progress
