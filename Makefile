@@ -1,8 +1,11 @@
 # minids: the two commands (see README), plus a few helpers.
 #   make lab     create .venv, install minids with the notebook extras, open JupyterLab on notebooks/
-#   make test    create .venv, install minids[dev], lint, run the tests (notebooks in smoke mode)
+#   make test    create .venv, install minids[dev] and the parity extra, lint, run the tests
+#                (notebooks in smoke mode). PARITY=0 skips the parity extra (torch + transformers,
+#                large downloads on most machines); its tests then skip, saying so.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PARITY ?= 1
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -20,10 +23,14 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+$(VENV)/.parity-installed: pyproject.toml | $(VENV)/.dev-installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,parity]"
+	touch $@
+
 lab: $(VENV)/.lab-installed
 	$(BIN)/jupyter lab notebooks/
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed $(if $(filter 1,$(PARITY)),$(VENV)/.parity-installed)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -1,7 +1,8 @@
-"""Command line: `python -m minids train|generate ...` (also installed as the `minids` command).
+"""Command line: `python -m minids train|generate|cost ...` (also installed as the `minids` command).
 
     python -m minids train --preset tiny                 # train on the shipped tasks, ~3 min on 2 CPU cores
     python -m minids generate --ckpt runs/tiny/checkpoint --prompt "12+35="
+    python -m minids cost --preset deepseek_v3           # parameters, FLOPs, GPU-hours, dollars
 """
 
 from __future__ import annotations
@@ -81,12 +82,26 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cost(args: argparse.Namespace) -> int:
+    from minids.config import preset
+    from minids.cost import H800_PEAK, cost_report, format_report
+
+    try:
+        peak = H800_PEAK[args.peak] if args.peak in H800_PEAK else float(args.peak) * 1e12
+    except ValueError:
+        raise ValueError(f"--peak must be {' or '.join(H800_PEAK)} or a number of TFLOP/s, got {args.peak!r}") from None
+    report = cost_report(preset(args.preset), tokens=args.tokens * 1e12, peak_flops=peak, mfu=args.mfu,
+                         price_per_gpu_hour=args.price, seq_len=args.seq_len)
+    print(format_report(f"preset {args.preset!r}", report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m minids",
         description="minids: learn DeepSeek-V3 and R1 by building them. Train a tiny model, sample from it.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,cost}")
 
     t = sub.add_parser(
         "train", help="train a model on the shipped tasks (or your own data)",
@@ -95,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "loss-curve PNG and metrics.json to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    t.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="model size")
+    t.add_argument("--preset", default="tiny", choices=["tiny", "small", "tiny_v3"],
+                   help="model: tiny, small, or tiny_v3 (DeepSeek-V3's architecture at toy size)")
     t.add_argument("--out", default=None, help="output folder (default: runs/<preset>)")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     t.add_argument("--batch-size", type=int, default=None, help="examples per step (default: the preset's)")
@@ -125,6 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.set_defaults(func=_generate)
+
+    c = sub.add_parser(
+        "cost", help="parameters, KV cache, training FLOPs, GPU-hours and dollars of a preset",
+        description="Count a preset's parameters (total and activated), KV-cache bytes per token, "
+        "training FLOPs per token, and the GPU-hours and dollars to train it (minids.cost; nothing "
+        "is built). The defaults are DeepSeek-V3's pre-training: 14.8T tokens on H800s at $2/hour.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("--preset", default="deepseek_v3",
+                   choices=["deepseek_v3", "deepseek_v2", "deepseek_v2_lite", "tiny_v3", "tiny", "small"])
+    c.add_argument("--tokens", type=float, default=14.8, help="training tokens, in trillions")
+    c.add_argument("--peak", default="bf16",
+                   help="peak FLOP/s per GPU: bf16 or fp8 (an H800's dense peak), or a number of TFLOP/s")
+    c.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation, in (0, 1]")
+    c.add_argument("--price", type=float, default=2.0, help="dollars per GPU-hour")
+    c.add_argument("--seq-len", type=int, default=None, help="training sequence length (default: the preset's)")
+    c.set_defaults(func=_cost)
     return parser
 
 

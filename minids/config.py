@@ -14,6 +14,9 @@ Presets:
 - `tiny`: about 0.4M parameters, learns the shipped arithmetic and string tasks in a few minutes on a
   2-core CPU. The notebooks use it.
 - `small`: about 5M parameters, for benchmarks and quick single-accelerator experiments.
+- `tiny_v3`: DeepSeek-V3's architecture (MLA + DeepSeekMoE) at toy size, trainable on a CPU.
+- `deepseek_v3`, `deepseek_v2`, `deepseek_v2_lite`: the real hyper-parameters, for the cost
+  calculator (`minids.cost`); never built.
 """
 
 from __future__ import annotations
@@ -185,8 +188,67 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+def deepseek_presets() -> dict[str, ModelConfig]:
+    """The real DeepSeek architectures (PAPER_NUMBERS.md §1), and `tiny_v3`, the same design at toy size.
+
+    The real ones feed the cost calculator (`minids.cost`); they are far too large to build here, and
+    `Transformer` refuses to. Sources: DeepSeek-V3 report §4.2 and its released config_671B.json;
+    DeepSeek-V2 report §3.1.2 and Appendix B (V2-Lite). Built on first use, since the sub-configs live
+    in modules that import this one.
+    """
+    from minids.mla import MLAConfig
+    from minids.moe import MoEConfig
+
+    mla_v2v3 = MLAConfig(q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                         v_head_dim=128)
+    big = dict(dtype="bfloat16", max_seq_len=4096, vocab_size=129_280, n_kv_heads=128, head_dim=128,
+               n_heads=128)
+    return {
+        "deepseek_v3": ModelConfig(
+            d_model=7168, n_layers=61, ffn_dim=18432, mla=mla_v2v3, **big,
+            moe=MoEConfig(n_routed_experts=256, n_shared_experts=1, experts_per_token=8,
+                          expert_ffn_dim=2048, gate="sigmoid", route_scale=2.5, n_groups=8,
+                          groups_per_token=4, balancing="aux_free+seq_aux_loss", aux_loss_alpha=1e-4,
+                          bias_update_speed=1e-3, n_dense_layers=3),
+        ),
+        "deepseek_v2": ModelConfig(
+            d_model=5120, n_layers=60, ffn_dim=12288, mla=mla_v2v3, **{**big, "vocab_size": 102_400},
+            moe=MoEConfig(n_routed_experts=160, n_shared_experts=2, experts_per_token=6,
+                          expert_ffn_dim=1536, gate="softmax", route_scale=16.0, n_groups=8,
+                          groups_per_token=3, balancing="aux_loss", aux_loss_alpha=3e-3,
+                          n_dense_layers=1),
+        ),
+        "deepseek_v2_lite": ModelConfig(
+            d_model=2048, n_layers=27, ffn_dim=10944, **{**big, "vocab_size": 102_400, "n_heads": 16,
+                                                         "n_kv_heads": 16},
+            mla=mla_v2v3.replace(q_lora_rank=0),
+            moe=MoEConfig(n_routed_experts=64, n_shared_experts=2, experts_per_token=6,
+                          expert_ffn_dim=1408, gate="softmax", route_scale=1.0, balancing="aux_loss",
+                          aux_loss_alpha=1e-3, n_dense_layers=1),
+        ),
+        # V3's design at toy size: MLA with query compression and decoupled RoPE, sigmoid routing in
+        # groups with a route scale, one shared expert, aux-free bias + the sequence-wise loss, one
+        # leading dense layer. Trains on the shipped tasks on a CPU.
+        "tiny_v3": ModelConfig(
+            vocab_size=128, d_model=64, n_layers=4, n_heads=4, n_kv_heads=4, head_dim=16, ffn_dim=192,
+            max_seq_len=24,
+            mla=MLAConfig(q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                          v_head_dim=16),
+            moe=MoEConfig(n_routed_experts=8, n_shared_experts=1, experts_per_token=2, expert_ffn_dim=64,
+                          gate="sigmoid", route_scale=2.5, n_groups=4, groups_per_token=2,
+                          balancing="aux_free+seq_aux_loss", aux_loss_alpha=1e-4, bias_update_speed=1e-3,
+                          n_dense_layers=1),
+        ),
+    }
+
+
+PRESET_NAMES = ("tiny", "small", "tiny_v3", "deepseek_v3", "deepseek_v2", "deepseek_v2_lite")
+
+
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """A preset config by name, with optional field overrides: `preset("tiny", n_layers=4)`."""
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    if name in PRESETS:
+        return dataclasses.replace(PRESETS[name], **overrides)
+    if name in PRESET_NAMES:
+        return dataclasses.replace(deepseek_presets()[name], **overrides)
+    raise ValueError(f"preset must be one of {list(PRESET_NAMES)}, got {name!r}")

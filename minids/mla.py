@@ -49,6 +49,9 @@ from minids.config import ModelConfig
 from minids.layers import RMSNorm, apply_rope, dense
 
 DECODE = ("absorbed", "naive")
+# The RMSNorms on the query and key/value latents use this eps whatever `ModelConfig.norm_eps` says,
+# as DeepSeek's released code does (only the blocks' norms take the configured eps).
+LATENT_NORM_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -159,21 +162,21 @@ class MLA(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         m: MLAConfig = cfg.mla
         D, N = cfg.d_model, cfg.n_heads
-        self.n_heads, self.rope_theta, self.eps = N, cfg.rope_theta, cfg.norm_eps
+        self.n_heads, self.rope_theta, self.eps = N, cfg.rope_theta, LATENT_NORM_EPS
         self.rank, self.nope, self.rope, self.v_dim = (
             m.kv_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim)
         self.scale, self.decode, self.dtype = m.softmax_scale, m.decode, cfg.compute_dtype
         q_out = N * m.qk_head_dim
         if m.q_lora_rank:
             self.wq_a = dense(D, m.q_lora_rank, cfg, rngs=rngs)  # W_DQ
-            self.q_norm = RMSNorm(m.q_lora_rank, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
+            self.q_norm = RMSNorm(m.q_lora_rank, eps=LATENT_NORM_EPS, param_dtype=cfg.weight_dtype)
             self.wq_b = dense(m.q_lora_rank, q_out, cfg, rngs=rngs)  # W_UQ and W_QR
             self.wq = None
         else:
             self.wq_a = self.q_norm = self.wq_b = None
             self.wq = dense(D, q_out, cfg, rngs=rngs)
         self.wkv_a = dense(D, m.kv_lora_rank + m.qk_rope_head_dim, cfg, rngs=rngs)  # W_DKV and W_KR
-        self.kv_norm = RMSNorm(m.kv_lora_rank, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
+        self.kv_norm = RMSNorm(m.kv_lora_rank, eps=LATENT_NORM_EPS, param_dtype=cfg.weight_dtype)
         self.wkv_b = dense(m.kv_lora_rank, N * (m.qk_nope_head_dim + m.v_head_dim), cfg, rngs=rngs)
         self.wo = dense(N * m.v_head_dim, D, cfg, rngs=rngs, scale=1.0 / (2 * cfg.n_layers))
 

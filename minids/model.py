@@ -31,6 +31,8 @@ from minids.layers import Embedding, RMSNorm, SwiGLU, dense
 from minids.mla import MLA
 from minids.moe import MoE, moe_param_counts
 
+MAX_BUILD_PARAMS = 20e9  # 80 GB of float32 weights: more than one accelerator holds with its optimizer
+
 
 @struct.dataclass
 class KVCache:
@@ -80,6 +82,14 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
         if not isinstance(cfg, ModelConfig):
             raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+        from minids.cost import param_counts  # cost imports the attention modules this one does
+
+        size = param_counts(cfg).total
+        if size > MAX_BUILD_PARAMS:
+            raise ValueError(
+                f"this config has {size / 1e9:.1f}B parameters; minids builds models of up to "
+                f"{MAX_BUILD_PARAMS / 1e9:.0f}B (the DeepSeek presets feed minids.cost, they are not built)"
+            )
         rngs = rngs if rngs is not None else nnx.Rngs(cfg.seed)
         self.cfg = cfg
         self.embed = Embedding(cfg, rngs=rngs)
@@ -177,12 +187,18 @@ class Transformer(nnx.Module):
 def count_params(model: nnx.Module, *, activated: bool = False) -> int:
     """Number of trainable parameters (`nnx.Param` leaves) in a model.
 
-    `activated=True` counts only what one token uses: in an MoE layer the router, the shared experts
-    and K of the E routed experts (DeepSeek-V3's "37B activated of 671B total").
+    `activated=True` counts only what one token's forward pass reads: one row of the embedding table
+    (unless it is tied to the output head), and in an MoE layer the router, the shared experts and
+    K of the E routed experts (DeepSeek-V3's "37B activated of 671B total"); `minids.cost` counts
+    the same from a config alone.
     """
     params = nnx.state(model, nnx.Param)
     total = int(sum(x.size for x in jax.tree.leaves(params)))
-    if not activated or not isinstance(model, Transformer) or model.cfg.moe is None:
+    if not activated or not isinstance(model, Transformer):
         return total
-    moe_total, moe_activated = moe_param_counts(model.cfg)
-    return total - len(model.moe_layers()) * (moe_total - moe_activated)
+    cfg = model.cfg
+    lookup = 0 if cfg.tie_embeddings else (cfg.vocab_size - 1) * cfg.d_model  # all rows but one
+    if cfg.moe is None:
+        return total - lookup
+    moe_total, moe_activated = moe_param_counts(cfg)
+    return total - lookup - len(model.moe_layers()) * (moe_total - moe_activated)

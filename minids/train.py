@@ -351,4 +351,5 @@ def _progress_bar(iterable, **kwargs):
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(steps=2000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=250),
     "small": TrainConfig(steps=2000, batch_size=32, lr=1e-3, warmup_steps=200, eval_every=250),
+    "tiny_v3": TrainConfig(steps=2000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=250),
 }

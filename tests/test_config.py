@@ -163,7 +163,9 @@ def test_every_bad_train_field_raises_value_error_naming_it(field_value):
         TrainConfig(**{field: value})
 
 
-def test_the_tiny_and_small_presets_have_a_training_recipe():
-    assert {"tiny", "small"} <= set(TRAIN_PRESETS) <= set(PRESETS)
+def test_the_trainable_presets_have_a_training_recipe():
+    assert set(TRAIN_PRESETS) == {"tiny", "small", "tiny_v3"}
+    for name in TRAIN_PRESETS:
+        preset(name)  # each names a preset
     for tcfg in TRAIN_PRESETS.values():
         assert tcfg.warmup_steps < tcfg.steps

@@ -193,7 +193,7 @@ def test_latent_kv_is_what_the_module_caches(mcfg):
     positions = jnp.broadcast_to(jnp.arange(5) + 3, (2, 5))
     _, cache = attn(x, positions, cache=attn.init_cache(2, 8), index=3)
     c_kv, k_rope = latent_kv(x, attn.wkv_a.kernel[...], attn.kv_norm.scale[...], positions,
-                             mcfg.mla.kv_lora_rank, mcfg.rope_theta, mcfg.norm_eps)
+                             mcfg.mla.kv_lora_rank, mcfg.rope_theta, 1e-6)
     np.testing.assert_allclose(cache["c_kv"][:, 3:], c_kv, atol=1e-6)
     np.testing.assert_allclose(cache["k_rope"][:, 3:], k_rope, atol=1e-6)
     assert not np.any(cache["c_kv"][:, :3]) and not np.any(cache["c_kv"][:, 8:])

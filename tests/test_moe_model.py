@@ -41,10 +41,15 @@ def test_total_and_activated_parameter_counts(moe_cfg, cfg):
     dense_model = Transformer(cfg.replace(n_layers=3))
     # Swap two dense FFNs for two MoE FFNs: the totals differ by exactly that.
     assert count_params(model) == count_params(dense_model) - 2 * dense_ffn + 2 * moe_total
-    assert count_params(model, activated=True) == count_params(model) - 2 * (moe_total - moe_active)
+    # A token reads one row of the (untied) embedding table, and K of the E routed experts.
+    unread_rows = (cfg.vocab_size - 1) * cfg.d_model
+    assert count_params(model, activated=True) == \
+        count_params(model) - unread_rows - 2 * (moe_total - moe_active)
     per_expert = 3 * cfg.d_model * MOE.expert_ffn_dim
     assert moe_total - moe_active == (MOE.n_routed_experts - MOE.experts_per_token) * per_expert
-    assert count_params(dense_model, activated=True) == count_params(dense_model)
+    assert count_params(dense_model, activated=True) == count_params(dense_model) - unread_rows
+    tied = Transformer(cfg.replace(n_layers=3, tie_embeddings=True))
+    assert count_params(tied, activated=True) == count_params(tied)  # the table is also the head
 
 
 def test_forward_with_aux_reports_routing_statistics(moe_cfg):

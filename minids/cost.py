@@ -1,0 +1,199 @@
+"""What a model costs: parameters, KV cache, training FLOPs per token, GPU-hours and dollars.
+
+Everything here is arithmetic on a `ModelConfig`; nothing is built, so it works for the real
+DeepSeek presets (`preset("deepseek_v3")`) as well as for the toy ones, and `tests/test_cost.py`
+checks it against both: against the papers' figures, and against `count_params` of models we do
+build.
+
+What is counted (say it, because published figures differ in exactly these choices):
+
+- **Parameters.** Every weight matrix and norm scale of the model, embedding and output head
+  included; no MTP module. *Activated* parameters are those one token's forward pass reads: one
+  row of the embedding table (D numbers, not V x D), the output head, attention, dense FFNs, and in
+  a MoE layer the router, the shared experts and K of the E routed experts. With this rule the
+  calculator gives DeepSeek-V3 36.6B activated (the paper: "37B", and 36.7B in the detailed count
+  of its weights README), V2 20.9B ("21B") and V2-Lite 2.45B ("2.4B"); counting the whole
+  embedding table instead would give 37.6B, 21.4B and 2.66B.
+- **Training FLOPs per token** = 3 x the forward pass (the backward pass costs twice the forward:
+  one matmul for the input gradient and one for the weight gradient), where the forward pass is
+  2 FLOPs (a multiply and an add) per activated weight of every matmul (all parameters except the
+  embedding table and the norm scales), plus causal attention: at a sequence length S, query t
+  scores t + 1 keys, on average (S + 1) / 2, so QK^T and PV cost 2 * N * (Hqk + Hv) * (S + 1) / 2 per
+  token per layer. Element-wise work (norms, activations, softmax, the router's top-k) is left
+  out; it is a few percent of the total.
+- **GPU-hours** = tokens x FLOPs per token / (peak FLOP/s x MFU) / 3600, and dollars = GPU-hours x
+  price. V3 §1 reports 2.788M H800 GPU-hours (2664K pre-training, 119K context extension, 5K
+  post-training) and $5.576M at $2 per GPU-hour; `implied_mfu` turns that back into a utilisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minids.config import ModelConfig
+from minids.mla import kv_cache_bytes_per_token
+
+# DeepSeek-V3 §1 and Table 1: H800 GPU-hours (thousands) by stage, and the rental price it assumes.
+V3_GPU_HOURS = {"pre-training": 2_664_000, "context extension": 119_000, "post-training": 5_000}
+V3_PRICE_PER_GPU_HOUR = 2.0
+V3_TRAINING_TOKENS = 14.8e12
+# Dense peak throughput of one H800 (the same SXM tensor cores as an H100), FLOP/s.
+H800_PEAK = {"bf16": 989e12, "fp8": 1979e12}
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    activated: int
+    embedding: int  # the input table, V * D (in `activated`: one row, D, unless tied to the head)
+    head: int  # the output head, V * D (0 when tied)
+    attention: int  # all layers
+    dense_ffn: int  # all dense-FFN layers
+    moe_total: int  # all MoE layers: router + shared + every routed expert
+    moe_activated: int  # all MoE layers: router + shared + K routed experts
+    norms: int
+
+
+def attention_params(cfg: ModelConfig) -> int:
+    """Weights of one attention layer (without its RMSNorm in front)."""
+    D, N = cfg.d_model, cfg.n_heads
+    m = cfg.mla
+    if m is None:
+        H, M = cfg.head_dim, cfg.n_kv_heads
+        return D * N * H + 2 * D * M * H + N * H * D
+    if m.q_lora_rank:
+        query = D * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * N * m.qk_head_dim
+    else:
+        query = D * N * m.qk_head_dim
+    kv = D * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank \
+        + m.kv_lora_rank * N * (m.qk_nope_head_dim + m.v_head_dim)
+    return query + kv + N * m.v_head_dim * D
+
+
+def _moe_layer(cfg: ModelConfig) -> tuple[int, int]:
+    from minids.moe import moe_param_counts
+
+    return moe_param_counts(cfg)
+
+
+def param_counts(cfg: ModelConfig) -> ParamCounts:
+    """Parameters of the model `cfg` describes, counted from the config alone."""
+    V, D, L = cfg.vocab_size, cfg.d_model, cfg.n_layers
+    n_dense = L if cfg.moe is None else cfg.moe.n_dense_layers
+    n_moe = L - n_dense
+    embedding, head = V * D, 0 if cfg.tie_embeddings else V * D
+    attention = L * attention_params(cfg)
+    dense_ffn = n_dense * 3 * D * cfg.ffn_dim
+    moe_total, moe_activated = _moe_layer(cfg) if n_moe else (0, 0)
+    norms = 2 * L * D + D  # two RMSNorms per block and the final one (MLA's own are in `attention`)
+    shared = embedding + head + attention + dense_ffn + norms
+    lookup = embedding - D if head else 0  # a token reads one row, unless the table is also the head
+    return ParamCounts(
+        total=shared + n_moe * moe_total, activated=shared - lookup + n_moe * moe_activated,
+        embedding=embedding, head=head, attention=attention, dense_ffn=dense_ffn,
+        moe_total=n_moe * moe_total, moe_activated=n_moe * moe_activated, norms=norms,
+    )
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs of the score and value products of causal attention, per token, all layers."""
+    if cfg.mla is None:
+        qk, v = cfg.head_dim, cfg.head_dim
+    else:
+        qk, v = cfg.mla.qk_head_dim, cfg.mla.v_head_dim
+    return cfg.n_layers * 2 * cfg.n_heads * (qk + v) * (seq_len + 1) / 2
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """Activated weights that take part in a matmul: all but the embedding lookup and norm scales."""
+    counts = param_counts(cfg)
+    norm_scales = counts.norms + _inner_norms(cfg) * cfg.n_layers
+    lookup = cfg.d_model if counts.head else 0  # the one embedding row; a tied table is the head
+    return counts.activated - lookup - norm_scales
+
+
+def _inner_norms(cfg: ModelConfig) -> int:
+    """MLA's RMSNorm scales on the latents, per layer (counted inside `attention_params`)."""
+    if cfg.mla is None:
+        return 0
+    return cfg.mla.kv_lora_rank + cfg.mla.q_lora_rank
+
+
+def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """3 x (2 x activated matmul weights + causal attention at `seq_len`), see the module docstring.
+
+    `seq_len` defaults to `cfg.max_seq_len` (4096 for the DeepSeek presets, V3's pre-training length).
+    """
+    seq_len = cfg.max_seq_len if seq_len is None else seq_len
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    return 3 * (2 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len))
+
+
+def gpu_hours(tokens: float, flops_per_token: float, peak_flops: float, mfu: float) -> float:
+    """GPU-hours to process `tokens` at `mfu` of `peak_flops` per GPU."""
+    for name, value in (("tokens", tokens), ("flops_per_token", flops_per_token),
+                        ("peak_flops", peak_flops)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu!r}")
+    return tokens * flops_per_token / (peak_flops * mfu) / 3600
+
+
+def implied_mfu(tokens: float, flops_per_token: float, hours: float, peak_flops: float) -> float:
+    """The utilisation that `hours` GPU-hours for `tokens` tokens imply."""
+    return tokens * flops_per_token / (hours * 3600 * peak_flops)
+
+
+def dollars(hours: float, price_per_gpu_hour: float = V3_PRICE_PER_GPU_HOUR) -> float:
+    return hours * price_per_gpu_hour
+
+
+@dataclass(frozen=True)
+class CostReport:
+    params: ParamCounts
+    kv_bytes_per_token: int  # bf16 cache, all layers
+    seq_len: int
+    flops_per_token: float  # training
+    tokens: float
+    peak_flops: float
+    mfu: float
+    gpu_hours: float
+    dollars: float
+
+
+def cost_report(
+    cfg: ModelConfig, *, tokens: float = V3_TRAINING_TOKENS, peak_flops: float = H800_PEAK["bf16"],
+    mfu: float = 0.4, price_per_gpu_hour: float = V3_PRICE_PER_GPU_HOUR, seq_len: int | None = None,
+) -> CostReport:
+    """Everything above for one config; the defaults are V3's pre-training (14.8T tokens, H800, $2/h)."""
+    seq_len = cfg.max_seq_len if seq_len is None else seq_len
+    flops = training_flops_per_token(cfg, seq_len)
+    hours = gpu_hours(tokens, flops, peak_flops, mfu)
+    return CostReport(
+        params=param_counts(cfg), kv_bytes_per_token=kv_cache_bytes_per_token(cfg, "bfloat16"),
+        seq_len=seq_len, flops_per_token=flops, tokens=tokens, peak_flops=peak_flops, mfu=mfu,
+        gpu_hours=hours, dollars=dollars(hours, price_per_gpu_hour),
+    )
+
+
+def format_report(name: str, r: CostReport) -> str:
+    """The table `python -m minids cost` prints."""
+    p = r.params
+    lines = [
+        f"{name}",
+        f"  parameters, total              {p.total / 1e9:10.2f} B",
+        f"  parameters, activated / token  {p.activated / 1e9:10.2f} B"
+        f"   ({100 * p.activated / p.total:.1f}% of total)",
+        f"    embedding + output head      {(p.embedding + p.head) / 1e9:10.2f} B",
+        f"    attention (all layers)       {p.attention / 1e9:10.2f} B",
+        f"    dense FFN layers             {p.dense_ffn / 1e9:10.2f} B",
+        f"    MoE layers, activated        {p.moe_activated / 1e9:10.2f} B   (total {p.moe_total / 1e9:.2f} B)",
+        f"  KV cache per token (bf16)      {r.kv_bytes_per_token / 1e3:10.3f} KB",
+        f"  training FLOPs per token       {r.flops_per_token / 1e9:10.1f} GFLOPs   (sequence length {r.seq_len})",
+        f"  training on {r.tokens / 1e12:.1f}T tokens at {r.mfu:.0%} MFU of {r.peak_flops / 1e12:.0f} TFLOP/s:",
+        f"    GPU-hours                    {r.gpu_hours / 1e6:10.3f} M",
+        f"    cost                         {r.dollars / 1e6:10.3f} M$",
+    ]
+    return "\n".join(lines)

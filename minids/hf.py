@@ -1,0 +1,222 @@
+"""Load a Hugging Face `DeepseekV3ForCausalLM` folder (config.json + safetensors) into minids.
+
+`load_hf_deepseek_v3(path)` returns `(cfg, model)`: a minids `ModelConfig` with the same
+architecture and a `Transformer` holding the same weights, so that both give the same logits
+(`tests/test_hf_parity.py` checks this against transformers to 1e-4 in float32). Nothing is
+downloaded: `path` is a local folder, e.g. one written by `save_pretrained`.
+
+The details that make a port subtly wrong, and what this loader does with each:
+
+- **RoPE pairing.** DeepSeek's weights rotate interleaved channel pairs (0, 1), (2, 3), ...
+  (`rope_interleave`, true by default); minids rotates (i, i + R/2). Permuting the rope output
+  rows of the query and shared-key projections to [0, 2, 4, ..., 1, 3, 5, ...] makes one equal
+  the other, since queries and keys are permuted alike and their dot products are unchanged.
+- **Score-correction bias.** `e_score_correction_bias` is V3's aux-free bias b: it goes to
+  `MoE.aux_free_bias` and only affects which experts are chosen, never the gate values.
+- **Group-limited top-k.** Groups ranked by the sum of their two best biased scores,
+  `topk_group` of `n_group` kept: minids' `n_groups` / `groups_per_token`.
+- **Gates.** Sigmoid scores of the chosen experts, normalised over them (`norm_topk_prob`),
+  times `routed_scaling_factor` (minids' `route_scale`).
+- **Untied embeddings**, the **RMSNorm eps** of the blocks (`rms_norm_eps`; the MLA latent norms
+  use 1e-6 in DeepSeek's code whatever it says, as minids does), the **leading dense layers**
+  (`first_k_dense_replace`), and the expert weights stored either per expert
+  (`experts.{i}.gate_proj`) or fused (`experts.gate_up_proj`).
+
+Settings minids does not implement raise `ValueError` instead of loading something that would
+quietly compute other numbers: a RoPE scaling type (e.g. YaRN), attention biases, un-normalised
+top-k gates, a scoring function other than sigmoid, fewer key/value heads than heads. Weights of
+multi-token prediction layers (beyond `num_hidden_layers`) are not loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from minids.config import ModelConfig
+from minids.mla import MLAConfig
+from minids.model import Transformer
+from minids.moe import MoEConfig
+
+
+def _unsupported(field: str, value, allowed: str) -> ValueError:
+    return ValueError(f"config.json: {field} = {value!r} is not supported by minids ({allowed})")
+
+
+def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
+    """A minids `ModelConfig` for a Hugging Face DeepSeek-V3 `config.json` (as a dict)."""
+    if hf.get("model_type") != "deepseek_v3":
+        raise _unsupported("model_type", hf.get("model_type"), "only 'deepseek_v3'")
+    rope = hf.get("rope_parameters") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default" or hf.get("rope_scaling"):
+        raise _unsupported("rope scaling", hf.get("rope_scaling") or rope_type,
+                           "plain RoPE only; YaRN and other scalings are not implemented")
+    checks = [
+        ("hidden_act", hf.get("hidden_act", "silu"), "silu", "SwiGLU with silu only"),
+        ("attention_bias", hf.get("attention_bias", False), False, "projections without biases only"),
+        ("norm_topk_prob", hf.get("norm_topk_prob", True), True, "gates normalised over the top-k only"),
+        ("scoring_func", hf.get("scoring_func", "sigmoid"), "sigmoid", "sigmoid router only"),
+        ("topk_method", hf.get("topk_method", "noaux_tc"), "noaux_tc", "V3's noaux_tc routing only"),
+        ("pretraining_tp", hf.get("pretraining_tp", 1), 1, "1 only"),
+    ]
+    for field, value, allowed, rule in checks:
+        if value != allowed:
+            raise _unsupported(field, value, rule)
+    n_heads = hf["num_attention_heads"]
+    if hf.get("num_key_value_heads", n_heads) != n_heads:
+        raise _unsupported("num_key_value_heads", hf.get("num_key_value_heads"),
+                           f"MLA expands to all {n_heads} heads; it must equal num_attention_heads")
+    n_layers = hf["num_hidden_layers"]
+    mla = MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=hf["kv_lora_rank"],
+                    qk_nope_head_dim=hf["qk_nope_head_dim"], qk_rope_head_dim=hf["qk_rope_head_dim"],
+                    v_head_dim=hf["v_head_dim"])
+    n_dense = hf.get("first_k_dense_replace", 0)
+    moe = None
+    if n_dense < n_layers:
+        moe = MoEConfig(
+            n_routed_experts=hf["n_routed_experts"], n_shared_experts=hf.get("n_shared_experts", 0),
+            experts_per_token=hf["num_experts_per_tok"], expert_ffn_dim=hf["moe_intermediate_size"],
+            gate="sigmoid", route_scale=float(hf.get("routed_scaling_factor", 1.0)),
+            n_groups=hf.get("n_group") or 1, groups_per_token=hf.get("topk_group") or 1,
+            balancing="aux_free+seq_aux_loss", n_dense_layers=n_dense,
+        )
+    return ModelConfig(
+        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=n_layers, n_heads=n_heads,
+        n_kv_heads=n_heads, head_dim=hf["qk_rope_head_dim"], ffn_dim=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 4096),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), dtype=dtype,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), mla=mla, moe=moe,
+    )
+
+
+def _read_safetensors(folder: Path) -> dict[str, np.ndarray]:
+    try:
+        from safetensors import safe_open
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("reading Hugging Face weights needs safetensors: pip install 'minids[parity]' "
+                          "or pip install safetensors") from error
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no *.safetensors files in {folder}")
+    tensors = {}
+    for file in files:
+        with safe_open(str(file), framework="flax") as f:  # jax arrays: bfloat16 survives
+            for key in f.keys():
+                tensors[key] = np.asarray(jnp.asarray(f.get_tensor(key), jnp.float32))
+    return tensors
+
+
+def _deinterleave(rows: int) -> np.ndarray:
+    """Row order that turns interleaved RoPE pairs (2i, 2i + 1) into minids' (i, i + R/2)."""
+    return np.concatenate([np.arange(0, rows, 2), np.arange(1, rows, 2)])
+
+
+class _Weights:
+    """The checkpoint's tensors, handed out once each, so that leftovers can be reported."""
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        self.tensors, self.used = tensors, set()
+
+    def take(self, key: str) -> np.ndarray:
+        if key not in self.tensors:
+            raise ValueError(f"the checkpoint has no tensor {key!r}")
+        self.used.add(key)
+        return self.tensors[key]
+
+    def has(self, key: str) -> bool:
+        return key in self.tensors
+
+
+def _set(variable, value: np.ndarray, key: str) -> None:
+    target = variable[...]
+    if tuple(target.shape) != tuple(value.shape):
+        raise ValueError(f"{key}: expected shape {tuple(target.shape)} for minids, got {tuple(value.shape)}")
+    variable[...] = jnp.asarray(value, target.dtype)
+
+
+def _load_linear(layer, w: _Weights, key: str, rows: np.ndarray | None = None) -> None:
+    weight = w.take(key)  # torch layout (out, in); minids kernels are (in, out)
+    if rows is not None:
+        weight = weight[rows]
+    _set(layer.kernel, weight.T, key)
+
+
+def _load_attention(attn, w: _Weights, prefix: str, cfg: ModelConfig, interleaved: bool) -> None:
+    m, N = cfg.mla, cfg.n_heads
+    R, Hqk = m.qk_rope_head_dim, m.qk_head_dim
+    perm_r = _deinterleave(R) if interleaved else np.arange(R)
+    q_rows = np.concatenate([h * Hqk + np.concatenate([np.arange(m.qk_nope_head_dim), m.qk_nope_head_dim + perm_r])
+                             for h in range(N)])
+    kv_rows = np.concatenate([np.arange(m.kv_lora_rank), m.kv_lora_rank + perm_r])
+    if m.q_lora_rank:
+        _load_linear(attn.wq_a, w, f"{prefix}.q_a_proj.weight")
+        _set(attn.q_norm.scale, w.take(f"{prefix}.q_a_layernorm.weight"), f"{prefix}.q_a_layernorm.weight")
+        _load_linear(attn.wq_b, w, f"{prefix}.q_b_proj.weight", q_rows)
+    else:
+        _load_linear(attn.wq, w, f"{prefix}.q_proj.weight", q_rows)
+    _load_linear(attn.wkv_a, w, f"{prefix}.kv_a_proj_with_mqa.weight", kv_rows)
+    _set(attn.kv_norm.scale, w.take(f"{prefix}.kv_a_layernorm.weight"), f"{prefix}.kv_a_layernorm.weight")
+    _load_linear(attn.wkv_b, w, f"{prefix}.kv_b_proj.weight")
+    _load_linear(attn.wo, w, f"{prefix}.o_proj.weight")
+
+
+def _load_swiglu(mlp, w: _Weights, prefix: str) -> None:
+    for name, hf_name in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+        _load_linear(getattr(mlp, name), w, f"{prefix}.{hf_name}.weight")
+
+
+def _load_moe(moe, w: _Weights, prefix: str, cfg: ModelConfig) -> None:
+    E, F = cfg.moe.n_routed_experts, cfg.moe.expert_ffn_dim
+    _set(moe.expert_centroids, w.take(f"{prefix}.gate.weight"), f"{prefix}.gate.weight")
+    bias_key = f"{prefix}.gate.e_score_correction_bias"
+    if w.has(bias_key):
+        _set(moe.aux_free_bias, w.take(bias_key), bias_key)
+    if w.has(f"{prefix}.experts.gate_up_proj"):  # fused: (E, 2F, D) and (E, D, F)
+        gate_up = w.take(f"{prefix}.experts.gate_up_proj")
+        gate, up = gate_up[:, :F], gate_up[:, F:]
+        down = w.take(f"{prefix}.experts.down_proj")
+    else:  # one module per expert, the layout of DeepSeek's released checkpoints
+        gate, up, down = (np.stack([w.take(f"{prefix}.experts.{e}.{name}.weight") for e in range(E)])
+                          for name in ("gate_proj", "up_proj", "down_proj"))
+    _set(moe.routed_gate, gate.transpose(0, 2, 1), f"{prefix}.experts (gate)")
+    _set(moe.routed_up, up.transpose(0, 2, 1), f"{prefix}.experts (up)")
+    _set(moe.routed_down, down.transpose(0, 2, 1), f"{prefix}.experts (down)")
+    if moe.shared_experts is not None:
+        _load_swiglu(moe.shared_experts, w, f"{prefix}.shared_experts")
+
+
+def load_hf_deepseek_v3(path: str | Path, *, dtype: str = "float32") -> tuple[ModelConfig, Transformer]:
+    """Read a local `DeepseekV3ForCausalLM` folder; return (minids config, minids model with its weights)."""
+    folder = Path(path)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{folder} has no config.json: pass a folder written by save_pretrained")
+    hf = json.loads(config_file.read_text())
+    cfg = config_from_hf(hf, dtype=dtype)
+    w = _Weights(_read_safetensors(folder))
+    model = Transformer(cfg)
+    _set(model.embed.embed.embedding, w.take("model.embed_tokens.weight"), "model.embed_tokens.weight")
+    interleaved = bool(hf.get("rope_interleave", True))
+    for i, block in enumerate(model.blocks):
+        prefix = f"model.layers.{i}"
+        _set(block.attn_norm.scale, w.take(f"{prefix}.input_layernorm.weight"), f"{prefix}.input_layernorm")
+        _set(block.ffn_norm.scale, w.take(f"{prefix}.post_attention_layernorm.weight"),
+             f"{prefix}.post_attention_layernorm")
+        _load_attention(block.attn, w, f"{prefix}.self_attn", cfg, interleaved)
+        if block.use_moe:
+            _load_moe(block.ffn, w, f"{prefix}.mlp", cfg)
+        else:
+            _load_swiglu(block.ffn, w, f"{prefix}.mlp")
+    _set(model.final_norm.scale, w.take("model.norm.weight"), "model.norm.weight")
+    if model.lm_head is not None:
+        _load_linear(model.lm_head, w, "lm_head.weight")
+    beyond = tuple(f"model.layers.{i}." for i in range(cfg.n_layers, cfg.n_layers + 64))
+    left = sorted(k for k in set(w.tensors) - w.used if not k.startswith(beyond))  # MTP layers aside
+    if left:
+        raise ValueError(f"the checkpoint has weights minids does not know where to put: {left[:8]}")
+    return cfg, model

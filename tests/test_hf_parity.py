@@ -1,0 +1,126 @@
+"""minids against the Hugging Face reference: a randomly initialised `DeepseekV3ForCausalLM`, built by
+transformers from a config in code (no download), saved, loaded with `minids.hf`, gives the same
+logits to 1e-4 in float32.
+
+These tests need the `parity` extra (torch, transformers, safetensors) and carry the `parity` marker;
+without the extra they are skipped, saying so. The config checks at the end need neither.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minids.hf import config_from_hf, load_hf_deepseek_v3
+
+ATOL = 1e-4
+
+# Several architectures: with and without query compression, different group settings, more than
+# one leading dense layer, interleaved or half-split RoPE, a block eps other than the latent norms' 1e-6.
+CONFIGS = {
+    "q-lora, 4 groups of 2, 1 dense": dict(q_lora_rank=24, n_group=4, topk_group=2, first_k_dense_replace=1),
+    "no q compression, 2 dense": dict(q_lora_rank=None, n_group=2, topk_group=1, first_k_dense_replace=2,
+                                      num_hidden_layers=4),
+    "1 group, eps 1e-5, 2 shared": dict(q_lora_rank=16, n_group=1, topk_group=1, first_k_dense_replace=1,
+                                        rms_norm_eps=1e-5, n_shared_experts=2, num_experts_per_tok=3),
+    "rope not interleaved, tied": dict(q_lora_rank=24, n_group=4, topk_group=2, first_k_dense_replace=1,
+                                       rope_interleave=False, tie_word_embeddings=True),
+}
+
+
+def _hf_model(overrides: dict, folder):
+    torch = pytest.importorskip("torch", reason="the parity extra is not installed: pip install 'minids[parity]'")
+    transformers = pytest.importorskip("transformers", reason="pip install 'minids[parity]'")
+    fields = dict(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1,
+                  n_routed_experts=8, routed_scaling_factor=2.5, kv_lora_rank=16, qk_rope_head_dim=8,
+                  v_head_dim=12, qk_nope_head_dim=8, num_experts_per_tok=2, max_position_embeddings=64,
+                  rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    fields.update(overrides)
+    config = transformers.DeepseekV3Config(**fields)
+    torch.manual_seed(0)
+    model = transformers.DeepseekV3ForCausalLM(config).eval()
+    with torch.no_grad():  # weights large enough that a wrong port shows in the logits
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+        for layer in model.model.layers:
+            if hasattr(layer.mlp, "gate"):
+                layer.mlp.gate.e_score_correction_bias.copy_(0.3 * torch.randn(config.n_routed_experts))
+    model.save_pretrained(folder)
+    return torch, model
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_equal_the_transformers_model(name, tmp_path):
+    torch, reference = _hf_model(CONFIGS[name], tmp_path)
+    cfg, model = load_hf_deepseek_v3(tmp_path)
+    tokens = np.random.default_rng(0).integers(0, 64, size=(2, 17))
+    with torch.no_grad():
+        want = reference(torch.as_tensor(tokens)).logits.numpy()
+    got = np.asarray(model(jnp.asarray(tokens, jnp.int32)))
+    assert np.abs(got - want).max() <= ATOL, f"max |difference| {np.abs(got - want).max():.2e}"
+    assert np.abs(want).max() > 1.0  # the comparison is not between two near-zero tensors
+    # The routing is exercised: more than K experts get tokens, so the bias and the groups matter.
+    assert cfg.moe is not None and cfg.attention == "mla"
+
+
+@pytest.mark.parity
+def test_a_wrong_rope_pairing_would_be_caught(tmp_path):
+    """The test above can fail: loading interleaved weights as if they were half-split breaks parity."""
+    torch, reference = _hf_model(CONFIGS["q-lora, 4 groups of 2, 1 dense"], tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["rope_interleave"] = False
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _, model = load_hf_deepseek_v3(tmp_path)
+    tokens = np.random.default_rng(0).integers(0, 64, size=(1, 17))
+    with torch.no_grad():
+        want = reference(torch.as_tensor(tokens)).logits.numpy()
+    assert np.abs(np.asarray(model(jnp.asarray(tokens, jnp.int32))) - want).max() > 1e-2
+
+
+# ----------------------------------------------------------------- config checks (no torch needed)
+
+BASE = dict(model_type="deepseek_v3", vocab_size=64, hidden_size=32, intermediate_size=48,
+            moe_intermediate_size=16, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+            n_shared_experts=1, n_routed_experts=8, routed_scaling_factor=2.5, kv_lora_rank=16,
+            q_lora_rank=24, qk_rope_head_dim=8, v_head_dim=8, qk_nope_head_dim=8, n_group=4, topk_group=2,
+            num_experts_per_tok=2, first_k_dense_replace=1, max_position_embeddings=64, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+
+
+def test_config_maps_every_field():
+    cfg = config_from_hf(BASE)
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.vocab_size) == (32, 3, 4, 48, 64)
+    assert (cfg.mla.q_lora_rank, cfg.mla.kv_lora_rank, cfg.mla.qk_rope_head_dim) == (24, 16, 8)
+    m = cfg.moe
+    assert (m.n_routed_experts, m.n_shared_experts, m.experts_per_token, m.expert_ffn_dim) == (8, 1, 2, 16)
+    assert (m.gate, m.route_scale, m.n_groups, m.groups_per_token, m.n_dense_layers) == ("sigmoid", 2.5, 4, 2, 1)
+    assert m.uses_bias and not cfg.tie_embeddings
+    assert config_from_hf({**BASE, "q_lora_rank": None}).mla.q_lora_rank == 0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rope_parameters", {"rope_type": "yarn", "factor": 40.0, "rope_theta": 1e4}, "rope scaling"),
+    ("rope_scaling", {"type": "yarn", "factor": 40.0}, "rope scaling"),
+    ("attention_bias", True, "attention_bias"),
+    ("norm_topk_prob", False, "norm_topk_prob"),
+    ("hidden_act", "gelu", "hidden_act"),
+    ("num_key_value_heads", 2, "num_key_value_heads"),
+    ("model_type", "llama", "model_type"),
+    ("scoring_func", "softmax", "scoring_func"),
+])
+def test_unsupported_settings_raise_naming_them(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_hf({**BASE, field: value})
+
+
+def test_a_folder_without_config_raises(tmp_path):
+    with pytest.raises(ValueError, match="config.json"):
+        load_hf_deepseek_v3(tmp_path)
