@@ -1,7 +1,8 @@
-"""Command line: `python -m minids train|generate|cost ...` (also installed as the `minids` command).
+"""Command line: `python -m minids train|generate|distill|cost ...` (also installed as the `minids` command).
 
     python -m minids train --preset tiny                 # train on the shipped tasks, ~3 min on 2 CPU cores
     python -m minids generate --ckpt runs/tiny/checkpoint --prompt "12+35="
+    python -m minids distill --teacher runs/tiny/checkpoint --student-layers 1   # R1-style distillation
     python -m minids cost --preset deepseek_v3           # parameters, FLOPs, GPU-hours, dollars
 """
 
@@ -82,6 +83,61 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from minids.config import preset
+    from minids.data import load_split
+    from minids.distill import accuracy, fit_logit_distillation, rejection_sample, task_check
+    from minids.model import Transformer, count_params
+    from minids.train import TRAIN_PRESETS, fit, load_checkpoint, save_checkpoint
+
+    teacher, _ = load_checkpoint(args.teacher)
+    if args.template == "r1":
+        from minids.rewards import accuracy_reward
+
+        def check(example, completion):
+            return accuracy_reward(example, completion) > 0
+    else:
+        check = task_check
+    tasks = args.task or sorted({r["task"] for r in load_split("train")})
+    train, val, test = ([r for r in load_split(s) if r["task"] in tasks] for s in ("train", "val", "test"))
+    if not train:
+        raise ValueError(f"no training prompts for --task {tasks}")
+    overrides = {"max_seq_len": teacher.cfg.max_seq_len, "seed": args.seed}
+    overrides.update({k: v for k, v in (("d_model", args.student_d_model), ("n_layers", args.student_layers)) if v})
+    student = Transformer(preset(args.student_preset, **overrides))
+    tcfg = dataclasses.replace(TRAIN_PRESETS[args.student_preset], seed=args.seed, eval_every=0,
+                               **({"steps": args.steps} if args.steps else {}))
+    print(f"teacher: {count_params(teacher):,} parameters; student ({args.student_preset}): "
+          f"{count_params(student):,}")
+    test = test[: args.eval_prompts]
+    if args.mode == "sequence":
+        data, stats = rejection_sample(
+            teacher, train[: args.prompts], samples_per_prompt=args.samples_per_prompt,
+            keep_per_prompt=args.keep_per_prompt, temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens, check=check, seed=args.seed)
+        print(f"rejection sampling: {stats.samples} samples for {stats.prompts} prompts, {stats.correct} correct, "
+              f"kept {stats.kept} (prompts with a kept sample: {stats.prompts_with_a_keeper})")
+        if not data:
+            raise ValueError("the teacher produced no sample the checker accepts; nothing to distil")
+        history = fit(student, data, None, dataclasses.replace(tcfg, batch_size=min(tcfg.batch_size, len(data))),
+                      progress=not args.no_progress)
+    else:
+        history = fit_logit_distillation(student, teacher, train, val, tcfg, alpha=args.alpha,
+                                         temperature=args.temperature, progress=not args.no_progress)
+    out = Path(args.out)
+    save_checkpoint(out / "checkpoint", student, step=tcfg.steps, history=history, train_cfg=tcfg)
+    results = {name: accuracy(m, test, check=check, max_new_tokens=args.max_new_tokens)
+               for name, m in (("teacher", teacher), ("student", student))}
+    print(f"held-out greedy accuracy on {len(test)} test prompts: teacher {100 * results['teacher']:.1f}%, "
+          f"student {100 * results['student']:.1f}% ({history.seconds:.0f} s of student training)")
+    (out / "metrics.json").write_text(json.dumps({"accuracy": results, "history": history.to_dict(),
+                                                  "mode": args.mode}, indent=1))
+    print(f"wrote {out / 'checkpoint'} and {out / 'metrics.json'}")
+    return 0
+
+
 def _cost(args: argparse.Namespace) -> int:
     from minids.config import preset
     from minids.cost import H800_PEAK, cost_report, format_report
@@ -101,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m minids",
         description="minids: learn DeepSeek-V3 and R1 by building them. Train a tiny model, sample from it.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,cost}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,distill,cost}")
 
     t = sub.add_parser(
         "train", help="train a model on the shipped tasks (or your own data)",
@@ -141,6 +197,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.set_defaults(func=_generate)
+
+    d = sub.add_parser(
+        "distill", help="distil a teacher checkpoint into a smaller student (R1 section 2.4)",
+        description="Train a student from a teacher checkpoint: --mode sequence samples the teacher on "
+        "training prompts, keeps the completions the answer checker accepts and fine-tunes the student "
+        "on them (as DeepSeek-R1 did); --mode logit trains the student on the data with the teacher's "
+        "temperature-softened logits (KL, weight --alpha). Prints held-out greedy accuracy of both.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    d.add_argument("--mode", choices=["sequence", "logit"], default="sequence")
+    d.add_argument("--out", default="runs/distill", help="output folder")
+    d.add_argument("--student-preset", choices=["tiny", "small", "tiny_v3"], default="tiny")
+    d.add_argument("--student-d-model", type=int, default=None, help="override the student's width")
+    d.add_argument("--student-layers", type=int, default=None, help="override the student's depth")
+    d.add_argument("--task", action="append", default=None, help="task(s) to use (default: all)")
+    d.add_argument("--template", choices=["plain", "r1"], default="plain",
+                   help="how answers are checked: plain (the completion is the answer) or r1 (<answer> tags)")
+    d.add_argument("--prompts", type=int, default=2000, help="training prompts the teacher samples (sequence)")
+    d.add_argument("--samples-per-prompt", type=int, default=4)
+    d.add_argument("--keep-per-prompt", type=int, default=1)
+    d.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature (sequence) or distillation temperature T (logit)")
+    d.add_argument("--alpha", type=float, default=0.5, help="weight of the KL term (logit)")
+    d.add_argument("--max-new-tokens", type=int, default=8)
+    d.add_argument("--steps", type=int, default=None, help="student training steps (default: the preset's)")
+    d.add_argument("--eval-prompts", type=int, default=500)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=_distill)
 
     c = sub.add_parser(
         "cost", help="parameters, KV cache, training FLOPs, GPU-hours and dollars of a preset",

@@ -271,13 +271,17 @@ def fit(
     stop_after: int | None = None,
     progress: bool = True,
     tokenizer: CharTokenizer | None = None,
+    step_fn=None,
 ) -> History:
     """Train `model` in place on (prompt, answer) examples and return the metrics history.
 
     `ckpt_dir`: save there every `cfg.ckpt_every` steps and at the end; with `resume=True`, continue
     from the checkpoint there (the model's parameters are replaced by the saved ones).
     `stop_after`: stop after that many steps of this call (to simulate an interruption).
+    `step_fn(model, optimizer, batch) -> metrics` replaces `train_step` (logit distillation uses
+    it); it must return at least "loss" and "grad_norm".
     """
+    step_fn = train_step if step_fn is None else step_fn
     tokenizer = tokenizer or CharTokenizer()
     seq_len = model.cfg.max_seq_len
     if tokenizer.vocab_size > model.cfg.vocab_size:
@@ -309,7 +313,7 @@ def fit(
     t0 = time.perf_counter()
     for step in bar:
         idx = batch_indices(len(train["inputs"]), cfg.batch_size, step, cfg.seed)
-        metrics = train_step(model, optimizer, {k: jnp.asarray(v[idx]) for k, v in train.items()})
+        metrics = step_fn(model, optimizer, {k: jnp.asarray(v[idx]) for k, v in train.items()})
         loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise FloatingPointError(

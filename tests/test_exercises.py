@@ -25,6 +25,7 @@ EXERCISES = {
         15,
     ),
     "02_mla": ({"latent_kv": "minids.mla", "absorbed_scores": "minids.mla"}, 12),
+    "05_distillation": ({"distillation_loss": "minids.distill"}, 10),
     "01_moe_router": (
         {
             "sigmoid_topk_router": "minids.moe",
