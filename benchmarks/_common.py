@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
 
 
 def log(msg: str) -> None:
@@ -17,3 +21,20 @@ def print_columns(columns: dict[str, dict], rows: Sequence[tuple[str, Callable[[
     print(f"{'':28s}" + "".join(f"{name:>{width}s}" for name in columns))
     for label, fmt in rows:
         print(f"{label:28s}" + "".join(f"{fmt(col):>{width}s}" for col in columns.values()))
+
+
+def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int, label: str = "") -> dict[str, float]:
+    """Median milliseconds of each call: compiled and warmed up first, then timed in turn, `repeats`
+    rounds, so that a slow moment of a shared machine hits every call alike."""
+    for name, call in calls.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(call())  # compile
+        jax.block_until_ready(call())  # warm up
+        log(f"  {label}{name} compiled and warm in {time.perf_counter() - t0:.1f} s")
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            jax.block_until_ready(call())
+            times[name].append(time.perf_counter() - t)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}

@@ -40,8 +40,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from _common import log, print_columns
+from _common import interleaved_ms, log, print_columns
 from flax import nnx
 
 from minids.config import preset
@@ -82,17 +81,7 @@ def bench_context(models: dict, context: int, repeats: int) -> dict:
     for name, model in models.items():
         cache = full_cache(model, context)
         calls[name] = lambda model=model, cache=cache: decode_one(model, tokens, positions, cache)
-        t0 = time.perf_counter()
-        jax.block_until_ready(calls[name]())  # compile
-        jax.block_until_ready(calls[name]())  # warm up
-        log(f"  context {context}: {name} compiled and warm in {time.perf_counter() - t0:.1f} s")
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            t = time.perf_counter()
-            jax.block_until_ready(call())
-            times[name].append(time.perf_counter() - t)
-    row = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    row = interleaved_ms(calls, repeats, label=f"context {context}: ")
     row["naive_over_absorbed"] = row["mla_naive"] / row["mla_absorbed"]
     return row
 

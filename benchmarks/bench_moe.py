@@ -42,8 +42,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from _common import log, print_columns
+from _common import interleaved_ms, log, print_columns
 from flax import nnx
 
 from minids.config import preset
@@ -88,20 +87,8 @@ def bench_size(name: str, quick: bool) -> dict:
                          rngs=nnx.Rngs(0)),
     }
     max_vio = float(layers["fast"](x)[1]["max_vio"])
-    calls = {}
-    for label, layer in layers.items():
-        t0 = time.perf_counter()
-        calls[label] = forward_backward(layer, x)
-        jax.block_until_ready(calls[label]())  # compile
-        jax.block_until_ready(calls[label]())  # warm up
-        log(f"  {name}: {label} compiled and warm in {time.perf_counter() - t0:.1f} s")
-    times = {label: [] for label in calls}
-    for _ in range(repeats):
-        for label, call in calls.items():
-            t = time.perf_counter()
-            jax.block_until_ready(call())
-            times[label].append(time.perf_counter() - t)
-    ms = {label: 1e3 * float(np.median(t)) for label, t in times.items()}
+    calls = {label: forward_backward(layer, x) for label, layer in layers.items()}
+    ms = interleaved_ms(calls, repeats, label=f"{name}: ")
     return {
         "tokens": batch * seq_len, "d_model": cfg.d_model, **fields,
         "dense_ffn_dim": dense_width, "max_vio": max_vio,
