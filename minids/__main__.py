@@ -1,7 +1,9 @@
-"""Command line: `python -m minids train|generate|distill|cost ...` (also installed as the `minids` command).
+"""Command line: `python -m minids train|generate|grpo|distill|cost ...` (also installed as the `minids` command).
 
     python -m minids train --preset tiny                 # train on the shipped tasks, ~3 min on 2 CPU cores
     python -m minids generate --ckpt runs/tiny/checkpoint --prompt "12+35="
+    python -m minids grpo --ckpt runs/grpo_base --train-base   # notebook 04's demonstration, ~4 min
+    python -m minids grpo --ckpt runs/tiny/checkpoint --template plain --task count
     python -m minids distill --teacher runs/tiny/checkpoint --student-layers 1   # R1-style distillation
     python -m minids cost --preset deepseek_v3           # parameters, FLOPs, GPU-hours, dollars
 """
@@ -83,6 +85,65 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grpo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from minids.config import preset
+    from minids.data import load_split
+    from minids.grpo import GRPOConfig, train_grpo
+    from minids.model import Transformer
+    from minids.rewards import r1_sft_examples
+    from minids.train import TrainConfig, fit, load_checkpoint, save_checkpoint
+
+    rewards = ("accuracy", "format") if args.template == "r1" else ("plain_accuracy",)
+    weights = (1.0, args.format_weight) if args.template == "r1" else (1.0,)
+    if args.format_only:
+        rewards, weights = ("format",), (1.0,)
+    cfg = GRPOConfig(
+        steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
+        mu=args.mu, lr=args.lr, beta=args.beta, ref_refresh_every=args.ref_refresh_every,
+        epsilon_low=args.epsilon_low, epsilon_high=args.epsilon_low if args.epsilon_high is None else args.epsilon_high,
+        loss_type=args.loss_type, scale_rewards=args.scale_rewards, ratio_level=args.ratio_level,
+        drop_equal_groups=args.drop_equal_groups, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, template=args.template, rewards=rewards,
+        reward_weights=weights, eval_every=args.eval_every, eval_k=args.eval_k, seed=args.seed,
+    )
+    train = [r for r in load_split("train") if r["task"] == args.task]
+    held_out = [r for r in load_split("test") if r["task"] == args.task][: args.eval_prompts]
+    if not train:
+        raise ValueError(f"no training prompts for task {args.task!r}")
+    half = len(train) // 2  # the demonstration base learns from one half, GRPO samples the other
+    if args.train_base:
+        if args.task != "add" or args.template != "r1":
+            raise ValueError("--train-base makes the demonstration base: it needs --task add and --template r1")
+        model = Transformer(preset("tiny", max_seq_len=48, seed=args.seed))
+        print(f"training the demonstration base for {args.base_steps} steps (see minids.rewards.r1_sft_examples)")
+        fit(model, r1_sft_examples(train[:half], seed=args.seed), None,
+            TrainConfig(steps=args.base_steps, batch_size=64, lr=3e-3, warmup_steps=50, eval_every=0,
+                        seed=args.seed), progress=not args.no_progress)
+        save_checkpoint(args.ckpt, model, step=args.base_steps)
+        print(f"wrote the base model to {args.ckpt}")
+    else:
+        model, _ = load_checkpoint(args.ckpt)
+    prompts = train[half:] if args.template == "r1" else train
+    print(f"GRPO: {cfg.steps} steps x {cfg.prompts_per_step} prompts x G={cfg.group_size}, "
+          f"loss {cfg.loss_type}, beta {cfg.beta}, lr {cfg.lr}; rewards {dict(zip(rewards, weights, strict=True))}")
+    out = Path(args.out)
+    history = train_grpo(model, prompts, cfg, eval_examples=held_out, ckpt_dir=out / "checkpoint",
+                         progress=not args.no_progress)
+    before, after = history.eval[0], history.eval[-1]
+    print(f"{history.seconds:.0f} s of GRPO ({history.gen_seconds:.0f} s sampling, "
+          f"{history.update_seconds:.0f} s updating)")
+    print(f"held-out {args.task!r}, {len(held_out)} prompts never trained on:")
+    for name in after:
+        print(f"  {name:>16}: {100 * before[name]:5.1f}% -> {100 * after[name]:5.1f}%")
+    (out / "metrics.json").write_text(json.dumps(
+        {"before": before, "after": after, "history": history.to_dict(),
+         "grpo_config": dataclasses.asdict(cfg)}, indent=1))
+    print(f"wrote {out / 'checkpoint'} and {out / 'metrics.json'}")
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -157,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m minids",
         description="minids: learn DeepSeek-V3 and R1 by building them. Train a tiny model, sample from it.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,distill,cost}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,grpo,distill,cost}")
 
     t = sub.add_parser(
         "train", help="train a model on the shipped tasks (or your own data)",
@@ -197,6 +258,46 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.set_defaults(func=_generate)
+
+    r = sub.add_parser(
+        "grpo", help="improve a checkpoint with GRPO and rule-based rewards",
+        description="Run GRPO (DeepSeekMath eq. 3, R1-Zero style rewards) from a checkpoint on one "
+        "task's training prompts; print held-out greedy accuracy and pass@k before and after; "
+        "write the new checkpoint and metrics.json to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("--ckpt", required=True, help="base checkpoint folder (with --train-base: where to write it)")
+    r.add_argument("--train-base", action="store_true",
+                   help="first train notebook 04's demonstration base (flawed R1-template SFT) into --ckpt")
+    r.add_argument("--base-steps", type=int, default=600, help="supervised steps of --train-base")
+    r.add_argument("--out", default="runs/grpo", help="output folder")
+    r.add_argument("--task", default="add", help="task whose prompts are used (add, sub, sort, rev, count)")
+    r.add_argument("--template", choices=["r1", "plain"], default="r1",
+                   help="r1: <think>..</think><answer>..</answer> with accuracy + format rewards; "
+                   "plain: the completion is the answer (a base from `minids train`)")
+    r.add_argument("--format-weight", type=float, default=0.5, help="weight of the format reward (r1)")
+    r.add_argument("--format-only", action="store_true", help="reward the format alone (reward hacking)")
+    r.add_argument("--steps", type=int, default=80)
+    r.add_argument("--prompts-per-step", type=int, default=16)
+    r.add_argument("--group-size", type=int, default=8, help="G, completions per prompt")
+    r.add_argument("--mu", type=int, default=1, help="updates per batch of rollouts")
+    r.add_argument("--lr", type=float, default=3e-4)
+    r.add_argument("--beta", type=float, default=0.0, help="KL weight (0: no reference model)")
+    r.add_argument("--ref-refresh-every", type=int, default=0, help="copy the policy into the reference every N steps")
+    r.add_argument("--epsilon-low", type=float, default=0.2)
+    r.add_argument("--epsilon-high", type=float, default=None, help="clip-higher (default: epsilon-low)")
+    r.add_argument("--loss-type", choices=["grpo", "bnpo", "dapo", "dr_grpo"], default="grpo")
+    r.add_argument("--scale-rewards", choices=["group", "batch", "none"], default="group")
+    r.add_argument("--ratio-level", choices=["token", "sequence"], default="token")
+    r.add_argument("--drop-equal-groups", action="store_true", help="DAPO's filter of zero-advantage groups")
+    r.add_argument("--temperature", type=float, default=1.0)
+    r.add_argument("--max-new-tokens", type=int, default=44)
+    r.add_argument("--eval-prompts", type=int, default=500, help="held-out prompts (test split)")
+    r.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: before and after)")
+    r.add_argument("--eval-k", type=int, default=8, help="k of pass@k (0: greedy only)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=_grpo)
 
     d = sub.add_parser(
         "distill", help="distil a teacher checkpoint into a smaller student (R1 section 2.4)",
