@@ -43,6 +43,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_mla.py
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_grpo.py
+	$(BIN)/python benchmarks/bench_fp8.py
 
 figures: $(VENV)/.dev-installed
 	$(BIN)/python -m minids train --preset tiny --out runs/tiny --no-progress

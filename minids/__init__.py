@@ -9,7 +9,9 @@ The public names, one technique per module (see README.md for the map):
 
 from minids.config import ModelConfig, preset
 from minids.data import TASKS, CharTokenizer, load_local, load_split
+from minids.fp8 import FP8Config, Fp8Linear
 from minids.generate import generate_text, task_accuracy
+from minids.mla import MLA, MLAConfig
 from minids.model import Transformer, count_params
 from minids.moe import MoE, MoEConfig
 from minids.train import TRAIN_PRESETS, TrainConfig, fit, load_checkpoint, save_checkpoint
@@ -17,7 +19,8 @@ from minids.train import TRAIN_PRESETS, TrainConfig, fit, load_checkpoint, save_
 __version__ = "0.1.0"
 
 __all__ = [
-    "TASKS", "TRAIN_PRESETS", "CharTokenizer", "ModelConfig", "MoE", "MoEConfig", "TrainConfig",
+    "MLA", "TASKS", "TRAIN_PRESETS", "CharTokenizer", "FP8Config", "Fp8Linear", "MLAConfig", "ModelConfig",
+    "MoE", "MoEConfig", "TrainConfig",
     "Transformer", "count_params", "fit", "generate_text", "load_checkpoint", "load_local",
     "load_split", "preset", "save_checkpoint", "task_accuracy",
 ]

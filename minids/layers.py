@@ -22,6 +22,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from minids.config import ModelConfig
+from minids.fp8 import Fp8Linear
 
 
 class RMSNorm(nnx.Module):
@@ -66,9 +67,13 @@ def dense(
     Weights ~ N(0, scale / d_in): `scale < 1` is used for the projections that write into the
     residual stream, so that the stream's variance does not grow with depth at initialisation.
     `high_precision=True` marks a layer that stays out of FP8 when `cfg.fp8` is set (the output
-    head, as in DeepSeek-V3 §3.3.1).
+    head, as in DeepSeek-V3 §3.3.1); every other layer is then a `minids.fp8.Fp8Linear`, drawn
+    from the same key, so an fp8 model starts from the same weights as its fp32 twin.
     """
     init = nnx.initializers.variance_scaling(scale, "fan_in", "normal")
+    if cfg.fp8 is not None and not high_precision:
+        return Fp8Linear(d_in, d_out, cfg.fp8, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                         kernel_init=init, rngs=rngs)
     return nnx.Linear(
         d_in, d_out, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
         kernel_init=init, rngs=rngs,

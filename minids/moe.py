@@ -45,6 +45,8 @@ Dispatch. `dispatch_reference` runs every expert on every token and keeps the ch
 times the work, plainly correct). `dispatch_fast` sorts the T*K (token, expert) pairs by expert, runs
 one grouped matmul per projection over the contiguous groups (`grouped_matmul`), unsorts and
 combines. Both drop the same assignments and give the same outputs and gradients (tests/test_moe.py).
+With `cfg.fp8` set, both run the routed experts' GEMMs on simulated FP8 values (V3 §3.3;
+`_fp8_expert_inputs` says what is and is not simulated); the router stays float32.
 
 Shapes (letters of minids/model.py): T counts all tokens of the batch (B*T flattened), D model width,
 E routed experts, K experts per token, F expert width.
@@ -62,6 +64,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from minids.config import ModelConfig
+from minids.fp8 import FP8Config, fp8_expert_activation, fp8_expert_output, fp8_expert_weights
 from minids.layers import SwiGLU
 
 GATES = ("softmax", "sigmoid")
@@ -342,14 +345,17 @@ def _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down) -> None:
 def dispatch_reference(
     x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
     w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
-    capacity: int | None = None,
+    capacity: int | None = None, fp8: FP8Config | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
     """Every expert on every token, then a gate-weighted sum of the chosen: (y, kept assignments)."""
     _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
     T, K = indices.shape
     E = w_gate.shape[0]
-    hidden = jax.nn.silu(jnp.einsum("TD,EDF->ETF", x, w_gate)) * jnp.einsum("TD,EDF->ETF", x, w_up)
-    out = jnp.einsum("ETF,EFD->ETD", hidden, w_down)  # expert e's output for every token
+    fp8_in, fp8_out = _fp8_hooks(fp8)
+    x, w_gate, w_up, w_down = _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
+    gate = fp8_out(jnp.einsum("TD,EDF->ETF", x, w_gate))
+    hidden = fp8_in(jax.nn.silu(gate) * fp8_out(jnp.einsum("TD,EDF->ETF", x, w_up)))
+    out = fp8_out(jnp.einsum("ETF,EFD->ETD", hidden, w_down))  # expert e's output for every token
     choice = jax.nn.one_hot(indices, E, dtype=jnp.int32)  # (T, K, E)
     kept = jnp.ones((T, K), dtype=bool)
     if capacity is not None:  # queue position: earlier (token, slot) pairs that chose the same expert
@@ -364,11 +370,13 @@ def dispatch_reference(
 def dispatch_fast(
     x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
     w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
-    capacity: int | None = None,
+    capacity: int | None = None, fp8: FP8Config | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
     """Sort (token, slot) pairs by expert, one grouped matmul per projection, unsort and combine."""
     _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
     (T, K), (E, D, F) = indices.shape, w_gate.shape
+    fp8_in, fp8_out = _fp8_hooks(fp8)
+    x, w_gate, w_up, w_down = _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
     expert = indices.reshape(T * K)  # pair p = t * K + k
     order = jnp.argsort(expert, stable=True)  # grouped by expert, earlier tokens first
     counts = jnp.bincount(expert, length=E)
@@ -381,11 +389,31 @@ def dispatch_fast(
     inverse = jnp.zeros_like(order).at[order].set(jnp.arange(T * K, dtype=order.dtype))
     rows = _permute_rows(jnp.repeat(x, K, axis=0), order, inverse)  # (T*K, D), sorted by expert
     gate_up = grouped_matmul(rows, jnp.concatenate([w_gate, w_up], axis=-1), counts)  # (T*K, 2F)
-    hidden = jax.nn.silu(gate_up[:, :F]) * gate_up[:, F:]
-    out = _permute_rows(grouped_matmul(hidden, w_down, counts), inverse, order).reshape(T, K, D)
+    hidden = fp8_in(jax.nn.silu(fp8_out(gate_up[:, :F])) * fp8_out(gate_up[:, F:]))
+    out = _permute_rows(fp8_out(grouped_matmul(hidden, w_down, counts)), inverse, order).reshape(T, K, D)
     weights = jnp.where(kept.reshape(T, K), gates, 0.0)
     y = jnp.sum(out.astype(jnp.float32) * weights[:, :, None], axis=1)
     return y.astype(x.dtype), kept.reshape(T, K)
+
+
+def _fp8_hooks(fp8: FP8Config | None):
+    """(quantize a GEMM input, quantize a GEMM output's gradient): identities without FP8."""
+    if fp8 is None:
+        return (lambda x: x), (lambda y: y)
+    return (lambda x: fp8_expert_activation(x, fp8)), (lambda y: fp8_expert_output(y, fp8))
+
+
+def _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8: FP8Config | None):
+    """Routed experts in simulated FP8 (DeepSeek-V3 §3.3): tokens in 1x128 tiles, each expert's
+    weights in 128x128 blocks, and (through `_fp8_hooks`) the hidden activation in 1x128 tiles and
+    every expert GEMM's output gradient in 1x128 tiles, so Fprop, Dgrad and Wgrad all read FP8
+    values. Not simulated here, unlike `minids.fp8.Fp8Linear`: the limited-precision accumulator
+    (expert GEMMs add in float32) and Wgrad's re-tiling along tokens (it reuses the 1x128 tiles
+    of the activations and gradients). Gate and up are quantized as separate matrices, so the fast
+    and reference dispatches see the same FP8 values."""
+    if fp8 is None:
+        return x, w_gate, w_up, w_down
+    return (fp8_expert_activation(x, fp8), *(fp8_expert_weights(w, fp8) for w in (w_gate, w_up, w_down)))
 
 
 # -------------------------------------------------------------------------------------- layer
@@ -400,6 +428,7 @@ class MoE(nnx.Module):
         moe = self.moe_cfg = cfg.moe
         self.compute_dtype = cfg.compute_dtype
         E, D, F = moe.n_routed_experts, cfg.d_model, moe.expert_ffn_dim
+        self.fp8 = cfg.fp8  # routed experts in simulated FP8; the router stays float32
 
         def init(shape, scale=1.0, dtype=cfg.weight_dtype):  # like layers.dense: N(0, scale / fan_in)
             fn = nnx.initializers.variance_scaling(scale, "fan_in", "normal", in_axis=-2,
@@ -435,7 +464,7 @@ class MoE(nnx.Module):
         routed, kept = dispatch(
             tokens.astype(cdt), indices, gates, self.routed_gate[...].astype(cdt),
             self.routed_up[...].astype(cdt), self.routed_down[...].astype(cdt),
-            capacity=expert_capacity(B * T, moe),
+            capacity=expert_capacity(B * T, moe), fp8=self.fp8,
         )
         y = routed.reshape(B, T, D)
         if self.shared_experts is not None:

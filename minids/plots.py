@@ -71,3 +71,27 @@ def plot_task_accuracy(accuracy: dict[str, float], ax=None, title: str = "Held-o
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def plot_error_histograms(errors: dict[str, np.ndarray], ax=None, bins: int = 60,
+                          title: str = "Quantisation error"):
+    """Overlaid histograms of log10 |relative error|, one per label (exact zeros are left out).
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 4))
+    else:
+        fig = ax.figure
+    logs = {k: np.log10(np.abs(np.asarray(v, np.float64))[np.asarray(v) != 0]) for k, v in errors.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
+    edges = np.linspace(finite.min(), finite.max(), bins + 1) if finite.size else bins
+    for label, values in logs.items():
+        ax.hist(values[np.isfinite(values)], bins=edges, histtype="step", linewidth=1.5, label=label)
+    ax.set_xlabel("log10 |relative error| per value")
+    ax.set_ylabel("values")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -38,6 +38,7 @@ EXERCISES = {
         },
         12,
     ),
+    "03_fp8": ({"quantize": "minids.fp8", "dequantize": "minids.fp8"}, 15),
 }
 
 
