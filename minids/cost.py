@@ -178,22 +178,36 @@ def cost_report(
     )
 
 
+def _count(n: float) -> str:
+    """A parameter count with a unit that keeps it readable: 671.03 B, 4.79 M, or 672,640."""
+    if n >= 1e9:
+        return f"{n / 1e9:10.2f} B"
+    if n >= 1e6:
+        return f"{n / 1e6:10.2f} M"
+    return f"{n:12,.0f}"
+
+
+def _flops(n: float) -> str:
+    return f"{n / 1e9:10.1f} GFLOPs" if n >= 1e9 else f"{n / 1e6:10.2f} MFLOPs"
+
+
 def format_report(name: str, r: CostReport) -> str:
     """The table `python -m minids cost` prints."""
     p = r.params
+    hours = f"{r.gpu_hours / 1e6:10.3f} M" if r.gpu_hours >= 1e5 else f"{r.gpu_hours:12,.4g}"
+    cost = f"{r.dollars / 1e6:10.3f} M$" if r.dollars >= 1e5 else f"{r.dollars:12,.4g} $"
     lines = [
         f"{name}",
-        f"  parameters, total              {p.total / 1e9:10.2f} B",
-        f"  parameters, activated / token  {p.activated / 1e9:10.2f} B"
-        f"   ({100 * p.activated / p.total:.1f}% of total)",
-        f"    embedding + output head      {(p.embedding + p.head) / 1e9:10.2f} B",
-        f"    attention (all layers)       {p.attention / 1e9:10.2f} B",
-        f"    dense FFN layers             {p.dense_ffn / 1e9:10.2f} B",
-        f"    MoE layers, activated        {p.moe_activated / 1e9:10.2f} B   (total {p.moe_total / 1e9:.2f} B)",
+        f"  parameters, total              {_count(p.total)}",
+        f"  parameters, activated / token  {_count(p.activated)}   ({100 * p.activated / p.total:.1f}% of total)",
+        f"    embedding + output head      {_count(p.embedding + p.head)}",
+        f"    attention (all layers)       {_count(p.attention)}",
+        f"    dense FFN layers             {_count(p.dense_ffn)}",
+        f"    MoE layers, activated        {_count(p.moe_activated)}   (total {_count(p.moe_total).strip()})",
         f"  KV cache per token (bf16)      {r.kv_bytes_per_token / 1e3:10.3f} KB",
-        f"  training FLOPs per token       {r.flops_per_token / 1e9:10.1f} GFLOPs   (sequence length {r.seq_len})",
+        f"  training FLOPs per token       {_flops(r.flops_per_token)}   (sequence length {r.seq_len})",
         f"  training on {r.tokens / 1e12:.1f}T tokens at {r.mfu:.0%} MFU of {r.peak_flops / 1e12:.0f} TFLOP/s:",
-        f"    GPU-hours                    {r.gpu_hours / 1e6:10.3f} M",
-        f"    cost                         {r.dollars / 1e6:10.3f} M$",
+        f"    GPU-hours                    {hours}",
+        f"    cost                         {cost}",
     ]
     return "\n".join(lines)

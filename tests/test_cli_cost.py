@@ -35,3 +35,9 @@ def test_an_unknown_preset_is_refused_by_argparse(capsys):
     with pytest.raises(SystemExit):
         main(["cost", "--preset", "gpt5"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_toy_preset_prints_readable_counts(capsys):
+    assert main(["cost", "--preset", "tiny_v3"]) == 0
+    out = capsys.readouterr().out
+    assert "461,184" in out and "231,872" in out and "1.43 MFLOPs" in out and "0.00 B" not in out
