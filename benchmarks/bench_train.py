@@ -70,6 +70,7 @@ from _common import log, print_columns
 from flax import nnx
 
 from minids.config import preset
+from minids.cost import matmul_params  # P_matmul of the module docstring, checked against the model
 from minids.generate import generate, generate_recompute
 from minids.model import Transformer, count_params
 from minids.train import TrainConfig, make_optimizer, train_step
@@ -78,13 +79,6 @@ from minids.train import TrainConfig, make_optimizer, train_step
 TRAIN_SHAPES = {"tiny": (64, 10, 5), "small": (16, 8, 1)}
 GEN_BATCH, GEN_PROMPT_LEN, GEN_NEW_TOKENS = 8, 8, 128
 MATMUL_N = 2048
-
-
-def matmul_params(cfg) -> int:
-    """P_matmul of the module docstring, checked against the model's own linear layers."""
-    D, L, N, M, H, F, V = (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
-                           cfg.ffn_dim, cfg.vocab_size)
-    return L * (D * N * H + 2 * D * M * H + N * H * D + 3 * D * F) + D * V
 
 
 def _linear_weights(model: Transformer) -> int:

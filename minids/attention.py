@@ -237,6 +237,22 @@ def causal_attention(
     return attend(q, k, v, attention_mask(T, S), scale)
 
 
+def write_cache(cache: dict[str, Array], new: dict[str, Array], index: Int[Array, ""] | int) -> dict[str, Array]:
+    """Each cache buffer (B, S, ...) with the new tokens' entries (B, T, ...) written at slot `index`."""
+    return {
+        name: jax.lax.dynamic_update_slice(
+            cache[name], value.astype(cache[name].dtype), (0, index) + (0,) * (value.ndim - 2))
+        for name, value in new.items()
+    }
+
+
+def is_full_causal_pass(
+    cache: dict[str, Array] | None, key_mask: Bool[Array, "B S"] | None, index: Int[Array, ""] | int
+) -> bool:
+    """True for a training or scoring pass (no cache, no padding, from position 0): the fast path."""
+    return cache is None and key_mask is None and isinstance(index, int) and index == 0
+
+
 class Attention(nnx.Module):
     """Causal GQA self-attention with RoPE on queries and keys, and an optional KV cache."""
 
@@ -273,10 +289,9 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, self.rope_theta)
         k = apply_rope(k, positions, self.rope_theta)
         if cache is not None:
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
-            cache = {"k": k, "v": v}
-        if cache is None and key_mask is None and isinstance(index, int) and index == 0:
+            cache = write_cache(cache, {"k": k, "v": v}, index)
+            k, v = cache["k"], cache["v"]
+        if is_full_causal_pass(cache, key_mask, index):
             out = causal_self_attention(q, k, v)  # training and scoring: the blockwise fast path
         else:
             mask = attention_mask(T, k.shape[1], index, key_mask)

@@ -41,7 +41,7 @@ from jaxtyping import Array, Float
 from minids.data import TASKS, CharTokenizer
 from minids.generate import generate_text
 from minids.model import Transformer
-from minids.train import History, TrainConfig, fit
+from minids.train import History, TrainConfig, fit, update_moe_biases
 
 
 def distillation_loss(
@@ -166,8 +166,7 @@ def distill_step(student, optimizer, batch, teacher, *, alpha: float, temperatur
 
     (value, aux), grads = nnx.value_and_grad(loss, has_aux=True)(student)
     optimizer.update(student, grads)
-    for layer, load in zip(student.moe_layers(), aux.get("load", ()), strict=False):
-        layer.update_bias(load)  # a MoE student keeps V3's aux-free balancing
+    update_moe_biases(student, aux)  # a MoE student keeps V3's aux-free balancing
     return {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
 

@@ -44,7 +44,14 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from minids.attention import _MASKED, attention_mask, causal_attention, dot_product_attention
+from minids.attention import (
+    _MASKED,
+    attention_mask,
+    causal_attention,
+    dot_product_attention,
+    is_full_causal_pass,
+    write_cache,
+)
 from minids.config import ModelConfig
 from minids.layers import RMSNorm, apply_rope, dense
 
@@ -225,12 +232,10 @@ class MLA(nnx.Module):
         c_kv, k_rope = split_latent(kv, self.kv_norm.scale[...], positions, self.rank,
                                     self.rope_theta, self.eps)
         if cache is not None:
-            c_kv = jax.lax.dynamic_update_slice(cache["c_kv"], c_kv.astype(cache["c_kv"].dtype), (0, index, 0))
-            k_rope = jax.lax.dynamic_update_slice(cache["k_rope"], k_rope.astype(cache["k_rope"].dtype),
-                                                  (0, index, 0))
-            cache = {"c_kv": c_kv, "k_rope": k_rope}
+            cache = write_cache(cache, {"c_kv": c_kv, "k_rope": k_rope}, index)
+            c_kv, k_rope = cache["c_kv"], cache["k_rope"]
         q = jnp.concatenate([q_nope, q_rope], axis=-1)  # (B, T, N, Hn + R)
-        if cache is None and key_mask is None and isinstance(index, int) and index == 0:
+        if is_full_causal_pass(cache, key_mask, index):
             k, v = self.expand(c_kv, k_rope)  # training: full keys for T tokens, the fast path
             out = causal_attention(q, k, v, self.scale)
         else:

@@ -139,14 +139,18 @@ def loss_fn(model: Transformer, batch: dict[str, jax.Array]) -> jax.Array:
     return loss_and_aux(model, batch)[0]
 
 
+def update_moe_biases(model: Transformer, aux: dict[str, jax.Array]) -> None:
+    """DeepSeek-V3's aux-loss-free balancing (eq. 16): after an optimiser step, outside the
+    gradient, nudge each MoE layer's selection bias by that step's expert load."""
+    for layer, load in zip(model.moe_layers(), aux.get("load", ()), strict=False):
+        layer.update_bias(load)
+
+
 @nnx.jit
 def train_step(model: Transformer, optimizer: nnx.Optimizer, batch: dict[str, jax.Array]):
     (loss, aux), grads = nnx.value_and_grad(loss_and_aux, has_aux=True)(model, batch)
     optimizer.update(model, grads)
-    # DeepSeek-V3's aux-loss-free balancing (eq. 16): after the step, outside the gradient, nudge
-    # each MoE layer's selection bias by this step's expert load.
-    for layer, load in zip(model.moe_layers(), aux.get("load", ()), strict=False):
-        layer.update_bias(load)
+    update_moe_biases(model, aux)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     if "load" in aux:
         metrics.update(ce=aux["ce"], aux_loss=aux["aux_loss"], max_vio=jnp.mean(aux["max_vio"]),
