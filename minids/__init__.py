@@ -7,6 +7,8 @@ The public names, one technique per module (see README.md for the map):
 (`generate` itself stays at `minids.generate.generate`: re-exported here it would hide the module.)
 """
 
+# First, before JAX starts its CPU threads: keep freed host memory for reuse (minids/cpu_memory.py).
+from minids import cpu_memory  # noqa: F401  (importing it applies it)
 from minids.config import ModelConfig, preset
 from minids.data import TASKS, CharTokenizer, load_local, load_split
 from minids.fp8 import FP8Config, Fp8Linear

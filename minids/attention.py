@@ -91,13 +91,13 @@ def _transposed(x: Array) -> Array:
     return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attend(q, k, v, mask, groups: int):
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attend(q, k, v, mask, groups: int, every_query_sees_a_key: bool):
     """Attention on heads-first tensors: q (B, M, G*T, H) already scaled, k (B, M, S, H), v (B, M, S, Hv)."""
-    return _attend_forward(q, k, v, mask, groups)[0]
+    return _attend_forward(q, k, v, mask, groups, every_query_sees_a_key)[0]
 
 
-def _attend_forward(q, k, v, mask, groups):
+def _attend_forward(q, k, v, mask, groups, every_query_sees_a_key):
     scores = jnp.einsum("BMQH,BMSH->BMQS", q, k, preferred_element_type=jnp.float32)
     # The mask as an added 0 / -1e30 bias, repeated for the G query heads of each row block: XLA:CPU
     # fuses this add into the matmul + softmax, but a `where`, or a reshape of the scores to
@@ -106,12 +106,15 @@ def _attend_forward(q, k, v, mask, groups):
     probs = jax.nn.softmax(scores + bias, axis=-1)  # (B, M, G*T, S)
     out = jnp.einsum("BMQS,BMSH->BMQH", probs.astype(v.dtype), v)
     # A query that sees no key at all (padding) gets uniform probabilities, as in the reference;
-    # there `where` passes it no gradient, here the bias would: `sees_a_key` zeroes it.
-    sees_a_key = jnp.tile(jnp.any(mask, axis=-1), (1, groups))[:, None, :, None]  # (B, 1, G*T, 1)
+    # there `where` passes it no gradient, here the bias would: `sees_a_key` zeroes it. Causal
+    # attention from position 0 has no such query, and skips this pass over the scores.
+    sees_a_key = None
+    if not every_query_sees_a_key:
+        sees_a_key = jnp.tile(jnp.any(mask, axis=-1), (1, groups))[:, None, :, None]  # (B, 1, G*T, 1)
     return out, (q, k, v, probs, sees_a_key)
 
 
-def _attend_backward(groups, residuals, d_out):
+def _attend_backward(groups, every_query_sees_a_key, residuals, d_out):
     """The backward pass of softmax attention, written out (FlashAttention's, without the tiling).
 
     The residuals are q, k, v and the probabilities P (one float32 per score, as autodiff keeps).
@@ -124,7 +127,9 @@ def _attend_backward(groups, residuals, d_out):
     f32 = jnp.float32
     d_probs = jnp.einsum("BMQH,BMSH->BMQS", d_out, v, preferred_element_type=f32)
     d_scores = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
-    d_scores = jnp.where(sees_a_key, d_scores, 0.0).astype(q.dtype)
+    if sees_a_key is not None:
+        d_scores = jnp.where(sees_a_key, d_scores, 0.0)
+    d_scores = d_scores.astype(q.dtype)
     dq = jnp.einsum("BMQS,BMSH->BMQH", d_scores, k)
     # dK^T and dV^T, (B, M, H, S): asking einsum for (B, M, S, H) makes it swap the operands back.
     dk = jnp.einsum("BMHQ,BMQS->BMHS", _transposed(q), d_scores)
@@ -142,8 +147,13 @@ def dot_product_attention_fast(
     v: Float[Array, "B S M Hv"],
     mask: Bool[Array, "B T S"],
     scale: float | None = None,
+    *,
+    every_query_sees_a_key: bool = False,
 ) -> Float[Array, "B T N Hv"]:
     """`dot_product_attention` laid out and differentiated for speed on XLA:CPU; same arguments, result.
+
+    `every_query_sees_a_key=True` promises that no row of `mask` is all False (true of causal
+    attention from position 0) and skips the work that gives such a row a zero gradient.
 
     - Heads first: the G query heads that share key/value head m are stacked as the rows of one
       (G*T, H) matrix, so the scores of each (batch, kv head) are one plain matmul, and no
@@ -163,7 +173,7 @@ def dot_product_attention_fast(
     scale = H**-0.5 if scale is None else scale
     q = (q * scale).reshape(B, T, M, G, H).transpose(0, 2, 3, 1, 4).reshape(B, M, G * T, H)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, M, S, H) and (B, M, S, Hv)
-    out = _attend(q, k, v, mask, G)  # (B, M, G*T, Hv)
+    out = _attend(q, k, v, mask, G, every_query_sees_a_key)  # (B, M, G*T, Hv)
     return out.reshape(B, M, G, T, Hv).transpose(0, 3, 1, 2, 4).reshape(B, T, N, Hv)
 
 
@@ -230,7 +240,10 @@ def causal_attention(
     `scale` defaults to 1/sqrt(H); values may have their own head dim (MLA uses both).
     """
     T, S = q.shape[1], k.shape[1]
-    attend = dot_product_attention_fast if jax.default_backend() == "cpu" else dot_product_attention
+    if jax.default_backend() == "cpu":  # every causal query sees at least itself
+        attend = partial(dot_product_attention_fast, every_query_sees_a_key=True)
+    else:
+        attend = dot_product_attention
     n_blocks = _causal_blocks(T) if S == T else 1
     if n_blocks > 1:
         return blockwise_causal_attention(q, k, v, n_blocks, attend, scale)

@@ -42,9 +42,11 @@ c = 1.0 in training, the lowest-affinity assignments of each device first. minid
 tokens first, as GShard and Switch do, which a hand-worked example can follow.
 
 Dispatch. `dispatch_reference` runs every expert on every token and keeps the chosen results (E/K
-times the work, plainly correct). `dispatch_fast` sorts the T*K (token, expert) pairs by expert, runs
-one grouped matmul per projection over the contiguous groups (`grouped_matmul`), unsorts and
-combines. Both drop the same assignments and give the same outputs and gradients (tests/test_moe.py).
+times the work, plainly correct). `dispatch_fast` queues the T*K (token, expert) pairs by expert and
+runs each expert on its own queue only: a grouped matmul in fixed-size blocks, a fair share of slots
+per expert and a few overflow blocks for the busier ones (MegaBlocks, Gale et al. 2022, also drops
+nothing by computing in blocks, there with block-sparse GPU kernels), then unsorts and combines. Both drop the same assignments
+and give the same outputs and gradients (tests/test_moe.py).
 With `cfg.fp8` set, both run the routed experts' GEMMs on simulated FP8 values (V3 §3.3;
 `_fp8_expert_inputs` says what is and is not simulated); the router stays float32.
 
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -234,103 +237,6 @@ class AuxFreeBias(nnx.Variable):
 # ----------------------------------------------------------------------------------- dispatch
 
 
-def _window_rows(rows: int, n_experts: int) -> int:
-    """Rows per matmul in the CPU grouped matmul: about a quarter of a fair share, a multiple of 8."""
-    return max(32, -(-rows // (32 * n_experts)) * 8)
-
-
-def _grouped_matmul_windows(lhs, rhs, group_sizes, *, transpose_rhs: bool = False):
-    """lhs rows of group e times rhs[e] (or rhs[e].T), one window of rows at a time, experts in order.
-
-    A window may run past its group into the next groups' rows; they are overwritten later with
-    their own expert's result, since groups and windows are visited in increasing row order.
-    """
-    M, E = lhs.shape[0], rhs.shape[0]
-    W = _window_rows(M, E)
-    ends = jnp.cumsum(group_sizes)
-    starts = ends - group_sizes
-    padded = jnp.pad(lhs, ((0, W), (0, 0)))  # a window near the end never runs off the array
-    out_dim = rhs.shape[1] if transpose_rhs else rhs.shape[2]
-
-    def expert(e, out):
-        weight = rhs[e].T if transpose_rhs else rhs[e]
-
-        def window(carry):
-            start, out = carry
-            y = jax.lax.dynamic_slice_in_dim(padded, start, W) @ weight
-            return start + W, jax.lax.dynamic_update_slice_in_dim(out, y, start, 0)
-
-        return jax.lax.while_loop(lambda c: c[0] < ends[e], window, (starts[e], out))[1]
-
-    out = jax.lax.fori_loop(0, E, expert, jnp.zeros((M + W, out_dim), lhs.dtype))
-    return jnp.where((jnp.arange(M) < ends[-1])[:, None], out[:M], 0)  # rows in no group: 0
-
-
-def _weight_grad_windows(lhs, dy, group_sizes):
-    """d rhs[e] = lhs_e^T dy_e for every group e, accumulated window by window in float32."""
-    (M, n_in), n_out, E = lhs.shape, dy.shape[1], group_sizes.shape[0]
-    W = _window_rows(M, E)
-    ends = jnp.cumsum(group_sizes)
-    starts = ends - group_sizes
-    # lhs transposed once, (I, M), so that each window's product is a plain (I, W) @ (W, O) matmul,
-    # which XLA:CPU runs about 3x faster than one contracting the rows of both operands.
-    lhs_t, dy = jnp.pad(lhs, ((0, W), (0, 0))).T, jnp.pad(dy, ((0, W), (0, 0)))
-
-    def expert(e):
-        def window(carry):
-            start, acc = carry
-            mine = (jnp.arange(W) < ends[e] - start)[None, :]  # rows of this group only
-            x_t = jnp.where(mine, jax.lax.dynamic_slice_in_dim(lhs_t, start, W, axis=1), 0)
-            dy_w = jax.lax.dynamic_slice_in_dim(dy, start, W)
-            return start + W, acc + jnp.dot(x_t, dy_w, preferred_element_type=jnp.float32)
-
-        zero = jnp.zeros((n_in, n_out), jnp.float32)
-        return jax.lax.while_loop(lambda c: c[0] < ends[e], window, (starts[e], zero))[1]
-
-    return jax.lax.map(expert, jnp.arange(E))  # (E, n_in, n_out)
-
-
-@jax.custom_vjp
-def _grouped_matmul_cpu(lhs, rhs, group_sizes):
-    return _grouped_matmul_windows(lhs, rhs, group_sizes)
-
-
-def _grouped_matmul_cpu_fwd(lhs, rhs, group_sizes):
-    return _grouped_matmul_windows(lhs, rhs, group_sizes), (lhs, rhs, group_sizes)
-
-
-def _grouped_matmul_cpu_bwd(residuals, dy):
-    lhs, rhs, group_sizes = residuals
-    d_lhs = _grouped_matmul_windows(dy, rhs, group_sizes, transpose_rhs=True)
-    return d_lhs, _weight_grad_windows(lhs, dy, group_sizes).astype(rhs.dtype), None
-
-
-_grouped_matmul_cpu.defvjp(_grouped_matmul_cpu_fwd, _grouped_matmul_cpu_bwd)
-
-
-def grouped_matmul(
-    lhs: Float[Array, "M I"], rhs: Float[Array, "E I O"], group_sizes: Int[Array, " E"]
-) -> Float[Array, "M O"]:
-    """`jax.lax.ragged_dot`: rows are grouped by expert (group e: the next group_sizes[e] rows) and
-    multiplied by rhs[e]; rows after the last group give 0.
-
-    GPUs and TPUs run ragged_dot as a grouped matmul kernel. XLA:CPU lowers it to a masked dense
-    matmul, E times the work, so on CPU a loop over experts with its own gradient runs instead.
-    """
-    return jax.lax.platform_dependent(
-        lhs, rhs, group_sizes, cpu=_grouped_matmul_cpu, default=jax.lax.ragged_dot
-    )
-
-
-@jax.custom_vjp
-def _permute_rows(x, index, inverse):
-    """x[index] for a permutation `index` whose inverse is `inverse`; its gradient is also a gather."""
-    return x[index]
-
-
-_permute_rows.defvjp(lambda x, i, inv: (x[i], inv), lambda inv, g: (g[inv], None, None))
-
-
 def _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down) -> None:
     (T, D), (E, _, F) = x.shape, w_gate.shape
     if indices.shape != gates.shape or indices.shape[0] != T or w_up.shape != (E, D, F) \
@@ -367,32 +273,179 @@ def dispatch_reference(
     return y.astype(x.dtype), kept
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _block_sizes(pairs: int, n_experts: int) -> tuple[int, int, int]:
+    """(slots per expert C, rows per overflow block b, overflow blocks R) of `dispatch_fast`.
+
+    C is a fair share of the T*K pairs, rounded up to 8 rows: at perfect balance every pair has a
+    slot. An overflow block holds b = C/8 rows (at least 8) of one expert; R = E of them take up
+    to 1/8 more pairs, which covers the imbalance of a router that is even roughly balanced.
+    """
+    C = _round_up(-(-pairs // n_experts), 8)
+    return C, _round_up(max(C // 8, 8), 8), n_experts
+
+
+@jax.custom_vjp
+def _gather_sum(src: Float[Array, "R D"], index: Int[Array, "N m"], back: Int[Array, "R n"]):
+    """out[i] = sum_j src[index[i, j]], where an index of R (one past the end) reads zeros.
+
+    `back` is the same map read the other way: row r of `src` feeds the outputs back[r, :] (N:
+    none). The gradient is then one more `_gather_sum`, not a scatter-add, which XLA:CPU runs much
+    more slowly.
+    """
+    padded = jnp.concatenate([src, jnp.zeros((1,) + src.shape[1:], src.dtype)])
+    return padded[index[:, 0]] if index.shape[1] == 1 else jnp.sum(padded[index], axis=1)
+
+
+_gather_sum.defvjp(lambda src, index, back: (_gather_sum(src, index, back), (index, back)),
+                   lambda res, g: (_gather_sum(g, res[1], res[0]), None, None))
+
+
+@jax.custom_vjp
+def _scale_rows(out: Float[Array, "R D"], scale: Float[Array, " R"]) -> Float[Array, "R D"]:
+    """out * scale per row. Its gradient reads the saved `out` rather than letting XLA recompute
+    the matmul that made it (which it did, fused into the reduction d_scale = sum(g * out))."""
+    return out * scale[:, None]
+
+
+def _scale_rows_bwd(res, g):
+    out, scale = res
+    out = jax.lax.optimization_barrier(out)
+    return g * scale[:, None], jnp.sum(g * out, axis=-1)
+
+
+_scale_rows.defvjp(lambda out, scale: (_scale_rows(out, scale), (out, scale)), _scale_rows_bwd)
+
+
+def _expert_ffn(rows: Float[Array, "N C D"], w_gate_up: Float[Array, "N D 2F"],
+                w_down: Float[Array, "N F D"], fp8: FP8Config | None) -> Float[Array, "N C D"]:
+    """SwiGLU of block n's rows with block n's weights, three batched matmuls (gate and up as one)."""
+    fp8_in, fp8_out = _fp8_hooks(fp8)
+    F = w_down.shape[1]
+    gate_up = jnp.einsum("NCD,NDF->NCF", rows, w_gate_up)
+    hidden = fp8_in(jax.nn.silu(fp8_out(gate_up[..., :F])) * fp8_out(gate_up[..., F:]))
+    return fp8_out(jnp.einsum("NCF,NFD->NCD", hidden, w_down))
+
+
+def _expert_blocks(
+    n: int, size: int, fp8: FP8Config | None, pair_row: Int[Array, " P"], gate: Float[Array, " P1"],
+    w_gate_up: Float[Array, "N D 2F"], w_down: Float[Array, "N F D"], x: Float[Array, "T D"],
+) -> Float[Array, "T D"]:
+    """Fill n blocks of `size` rows from the T*K pairs (pair p to row pair_row[p]; n * size for
+    none), apply block i's weights to block i's rows, and return each token's sum of its pairs'
+    outputs weighted by gate[p] (gate[P] = 0)."""
+    rows, (T, D), P = n * size, x.shape, pair_row.shape[0]
+    K = P // T
+    row_pair = jnp.full((rows + 1,), P, jnp.int32).at[pair_row].set(jnp.arange(P, dtype=jnp.int32))[:rows]
+    row_token = jnp.where(row_pair < P, row_pair // K, T)
+    tokens_rows, rows_tokens = row_token[:, None], pair_row.reshape(T, K)
+    block = _gather_sum(x, tokens_rows, rows_tokens).reshape(n, size, D)
+    out = _expert_ffn(block, w_gate_up, w_down, fp8).reshape(rows, D)
+    out = _scale_rows(out.astype(jnp.float32), gate[row_pair].astype(jnp.float32))
+    return _gather_sum(out, rows_tokens, tokens_rows)
+
+
+def _overflow_blocks(
+    n: int, size: int, fp8: FP8Config | None, ints: tuple[Array, Array], gate: Float[Array, " P1"],
+    w_gate_up: Float[Array, "E D 2F"], w_down: Float[Array, "E F D"], x: Float[Array, "T D"],
+) -> Float[Array, "T D"]:
+    """`_expert_blocks` over n overflow blocks: block i belongs to the expert whose run of
+    blocks_per_expert covers it, and gets a copy of that expert's weights (E: no expert, zeros)."""
+    pair_row, blocks_per_expert = ints
+    E = w_gate_up.shape[0]
+    owner = jnp.searchsorted(jnp.cumsum(blocks_per_expert), jnp.arange(n), side="right")
+    one_hot = jax.nn.one_hot(owner, E, dtype=w_gate_up.dtype)  # (n, E): a copy without a scatter
+    copy = partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST)  # exact on TPU too
+    weights = copy("NE,EDF->NDF", one_hot, w_gate_up), copy("NE,EFD->NFD", one_hot, w_down)
+    return _expert_blocks(n, size, fp8, jnp.minimum(pair_row, n * size), gate, *weights, x)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _lean_cond(true_fn, false_fn, pred, ints, *floats):
+    """`lax.cond(pred, true_fn, false_fn, ints, *floats)`, differentiable in `floats` only.
+
+    Differentiating `lax.cond` itself makes the branch that runs also return zero-filled copies of
+    the other branch's saved activations; for the overflow's fallback branch, blocks for every
+    pair, that is more memory traffic than the overflow's own work. Here the backward pass keeps
+    only the inputs and runs the chosen branch's forward again, inside its gradient.
+    """
+    return jax.lax.cond(pred, true_fn, false_fn, ints, *floats)
+
+
+def _lean_cond_fwd(true_fn, false_fn, pred, ints, *floats):
+    return _lean_cond(true_fn, false_fn, pred, ints, *floats), (pred, ints, floats)
+
+
+def _lean_cond_bwd(true_fn, false_fn, residuals, g):
+    pred, ints, floats = residuals
+
+    def grad_of(fn):
+        return lambda ints, floats, g: jax.vjp(lambda *f: fn(ints, *f), *floats)[1](g)
+
+    grads = jax.lax.cond(pred, grad_of(true_fn), grad_of(false_fn), ints, floats, g)
+    return (None, None, *grads)
+
+
+_lean_cond.defvjp(_lean_cond_fwd, _lean_cond_bwd)
+
+
 def dispatch_fast(
     x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
     w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
     capacity: int | None = None, fp8: FP8Config | None = None,
+    *, blocks: tuple[int, int, int] | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
-    """Sort (token, slot) pairs by expert, one grouped matmul per projection, unsort and combine."""
+    """Each expert on its own tokens only, as a grouped matmul in fixed-size blocks of rows.
+
+    1. The T*K (token, expert) pairs queue per expert, earlier tokens first (the order capacity
+       dropping also uses): `rank` is a pair's place in its expert's queue.
+    2. The first C pairs of every queue fill block e of an (E, C, D) array of slots, C a fair
+       share (`_block_sizes`). Its matmuls are batched over the experts: one (C, D) @ (D, 2F) and
+       one (C, F) @ (F, D) per expert, the matmul every backend runs fastest.
+    3. The pairs past C, in the queues of the busier experts, fill overflow blocks of b rows, each
+       block one expert's, whose weights are copied in. R blocks are kept ready; a router so
+       unbalanced that it needs more runs a branch with blocks for every pair (`_lean_cond`).
+    4. Each token sums its experts' outputs, weighted by their gates. Slots and block rows that no
+       pair fills hold zeros: their work is the price of fixed shapes.
+
+    Rows move between tokens and blocks by gathers (`_gather_sum`), forward and backward.
+    `blocks` overrides (C, b, R), for tests.
+    """
     _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
-    (T, K), (E, D, F) = indices.shape, w_gate.shape
-    fp8_in, fp8_out = _fp8_hooks(fp8)
+    (T, K), E = indices.shape, w_gate.shape[0]
+    P = T * K
+    C, b, R = _block_sizes(P, E) if blocks is None else blocks
     x, w_gate, w_up, w_down = _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
-    expert = indices.reshape(T * K)  # pair p = t * K + k
-    order = jnp.argsort(expert, stable=True)  # grouped by expert, earlier tokens first
+    w_gate_up = jnp.concatenate([w_gate, w_up], axis=-1)  # (E, D, 2F)
+
+    expert = indices.reshape(P)  # pair p = t * K + k
     counts = jnp.bincount(expert, length=E)
-    kept = jnp.ones((T * K,), dtype=bool)
+    order = jnp.argsort(expert, stable=True)  # the queues, one after another
+    place = jnp.zeros((P,), jnp.int32).at[order].set(jnp.arange(P, dtype=jnp.int32))
+    rank = place - (jnp.cumsum(counts) - counts)[expert]
+    kept = jnp.ones((P,), bool) if capacity is None else rank < capacity
     if capacity is not None:
-        rank = jnp.arange(T * K) - (jnp.cumsum(counts) - counts)[expert[order]]  # queue position
-        kept = kept.at[order].set(rank < capacity)
-        order = jnp.argsort(jnp.where(kept, expert, E), stable=True)  # dropped pairs go last
         counts = jnp.minimum(counts, capacity)
-    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(T * K, dtype=order.dtype))
-    rows = _permute_rows(jnp.repeat(x, K, axis=0), order, inverse)  # (T*K, D), sorted by expert
-    gate_up = grouped_matmul(rows, jnp.concatenate([w_gate, w_up], axis=-1), counts)  # (T*K, 2F)
-    hidden = fp8_in(jax.nn.silu(fp8_out(gate_up[:, :F])) * fp8_out(gate_up[:, F:]))
-    out = _permute_rows(fp8_out(grouped_matmul(hidden, w_down, counts)), inverse, order).reshape(T, K, D)
-    weights = jnp.where(kept.reshape(T, K), gates, 0.0)
-    y = jnp.sum(out.astype(jnp.float32) * weights[:, :, None], axis=1)
+    gate = jnp.concatenate([jnp.where(kept, gates.reshape(P), 0.0), jnp.zeros((1,), gates.dtype)])
+
+    in_slot = kept & (rank < C)
+    slot = jnp.where(in_slot, expert * C + rank, E * C)
+    y = _expert_blocks(E, C, fp8, slot, gate, w_gate_up, w_down, x)
+
+    # Overflow: expert e's pairs past C fill ceil(excess_e / b) consecutive blocks of b rows.
+    blocks_per_expert = -(-jnp.maximum(counts - C, 0) // b)
+    first_block = jnp.cumsum(blocks_per_expert) - blocks_per_expert
+    every = -(-P // b) + E  # enough blocks for any routing
+    row = jnp.where(kept & ~in_slot, first_block[expert] * b + rank - C, every * b)
+    floats = (gate, w_gate_up, w_down, x)
+    few, all_ = (partial(_overflow_blocks, n, b, fp8) for n in (R, every))
+    if R < every:
+        y = y + _lean_cond(few, all_, jnp.sum(blocks_per_expert) <= R, (row, blocks_per_expert), *floats)
+    else:
+        y = y + all_((row, blocks_per_expert), *floats)
     return y.astype(x.dtype), kept.reshape(T, K)
 
 

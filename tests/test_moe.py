@@ -27,7 +27,6 @@ from minids.moe import (
     expert_aux_loss,
     expert_capacity,
     expert_load,
-    grouped_matmul,
     moe_param_counts,
     router_scores,
     select_experts,
@@ -308,23 +307,36 @@ def test_fast_and_reference_dispatch_agree_in_value_and_gradient(
         assert not np.asarray(kept_ref).all()  # some assignments were dropped
 
 
-def test_grouped_matmul_matches_ragged_dot():
-    # Empty groups, and rows after the last group (which must come out zero).
-    lhs = jnp.asarray(RNG.standard_normal((70, 12)), jnp.float32)
-    rhs = jnp.asarray(RNG.standard_normal((4, 12, 5)), jnp.float32)
-    group_sizes = jnp.asarray([20, 0, 33, 9], jnp.int32)  # 62 rows in groups, 8 after
+@pytest.mark.parametrize("blocks, case", [
+    ((64, 8, 6), "every pair in its expert's slots"),
+    ((8, 4, 8), "slots, then overflow blocks"),
+    ((8, 4, 1), "too much overflow for R blocks: the branch with room for every pair"),
+])
+def test_fast_dispatch_agrees_with_the_reference_in_each_of_its_branches(blocks, case):
+    T, K, E, D, F = 32, 2, 6, 8, 4
+    C, b, R = blocks
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((T, D)), jnp.float32)
+    # Skewed routing: expert 0 is everyone's first choice, the second is spread over the rest.
+    indices = jnp.asarray(np.stack([np.zeros(T, int), 1 + rng.integers(0, E - 1, T)], axis=1))
+    gates = jnp.asarray(rng.uniform(0.1, 1.0, (T, K)), jnp.float32)
+    counts = np.bincount(np.asarray(indices).ravel(), minlength=E)
+    blocks_needed = int(np.sum(-(-np.maximum(counts - C, 0) // b)))
+    assert (counts.max() <= C) == (case.startswith("every")), counts
+    assert (blocks_needed > R) == ("too much" in case), (blocks_needed, R)
+    probe = jnp.asarray(rng.standard_normal((T, D)), jnp.float32)
+    weights = expert_weights(E, D, F)
 
-    def loss(matmul):
-        return jax.jit(jax.value_and_grad(
-            lambda lhs, rhs: jnp.sum(jnp.sin(matmul(lhs, rhs, group_sizes))), argnums=(0, 1)))
+    def loss(dispatch, x, gates, *weights):
+        return jnp.sum(dispatch(x, indices, gates, *weights)[0] * probe)
 
-    out = grouped_matmul(lhs, rhs, group_sizes)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(jax.lax.ragged_dot(lhs, rhs, group_sizes)),
-                               rtol=1e-5, atol=1e-5)
-    assert not np.asarray(out)[62:].any()
-    (_, got), (_, want) = loss(grouped_matmul)(lhs, rhs), loss(jax.lax.ragged_dot)(lhs, rhs)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+    fast = functools.partial(dispatch_fast, blocks=blocks)
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, fast), argnums=(0, 1, 2, 3, 4)))
+    want = jax.jit(jax.value_and_grad(functools.partial(loss, dispatch_reference), argnums=(0, 1, 2, 3, 4)))
+    (v_got, g_got), (v_want, g_want) = got(x, gates, *weights), want(x, gates, *weights)
+    assert _relative_error(v_got, v_want) < 1e-5, case
+    for name, a, b_ in zip(["x", "gates", "w_gate", "w_up", "w_down"], g_got, g_want, strict=True):
+        assert _relative_error(a, b_) < 1e-5, f"{case}: d{name}"
 
 
 # ----------------------------------------------------------------------------------------- layer
