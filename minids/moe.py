@@ -281,11 +281,12 @@ def _block_sizes(pairs: int, n_experts: int) -> tuple[int, int, int]:
     """(slots per expert C, rows per overflow block b, overflow blocks R) of `dispatch_fast`.
 
     C is a fair share of the T*K pairs, rounded up to 8 rows: at perfect balance every pair has a
-    slot. An overflow block holds b = C/8 rows (at least 8) of one expert; R = E of them take up
-    to 1/8 more pairs, which covers the imbalance of a router that is even roughly balanced.
+    slot. An overflow block holds b = C/16 rows (at least 8) of one expert; R = E of them take up
+    to 1/16 more pairs, enough for a router even roughly balanced (an untrained one, MaxVio ~0.15,
+    needs about 10 at the `small` width of benchmarks/bench_moe.py).
     """
     C = _round_up(-(-pairs // n_experts), 8)
-    return C, _round_up(max(C // 8, 8), 8), n_experts
+    return C, _round_up(max(C // 16, 8), 8), n_experts
 
 
 @jax.custom_vjp
@@ -321,12 +322,14 @@ _scale_rows.defvjp(lambda out, scale: (_scale_rows(out, scale), (out, scale)), _
 
 
 def _expert_ffn(rows: Float[Array, "N C D"], w_gate_up: Float[Array, "N D 2F"],
-                w_down: Float[Array, "N F D"], fp8: FP8Config | None) -> Float[Array, "N C D"]:
+                w_down: Float[Array, "N F D"], fp8: FP8Config | None, scale=None) -> Float[Array, "N C D"]:
     """SwiGLU of block n's rows with block n's weights, three batched matmuls (gate and up as one)."""
     fp8_in, fp8_out = _fp8_hooks(fp8)
     F = w_down.shape[1]
     gate_up = jnp.einsum("NCD,NDF->NCF", rows, w_gate_up)
     hidden = fp8_in(jax.nn.silu(fp8_out(gate_up[..., :F])) * fp8_out(gate_up[..., F:]))
+    if scale is not None:
+        hidden = hidden * scale.astype(hidden.dtype)
     return fp8_out(jnp.einsum("NCF,NFD->NCD", hidden, w_down))
 
 
@@ -343,24 +346,34 @@ def _expert_blocks(
     row_token = jnp.where(row_pair < P, row_pair // K, T)
     tokens_rows, rows_tokens = row_token[:, None], pair_row.reshape(T, K)
     block = _gather_sum(x, tokens_rows, rows_tokens).reshape(n, size, D)
-    out = _expert_ffn(block, w_gate_up, w_down, fp8).reshape(rows, D)
-    out = _scale_rows(out.astype(jnp.float32), gate[row_pair].astype(jnp.float32))
-    return _gather_sum(out, rows_tokens, tokens_rows)
+    row_gate = gate[row_pair]
+    if fp8 is None:  # the gate scales the hidden activation: one multiply fused into SwiGLU's
+        out = _expert_ffn(block, w_gate_up, w_down, fp8, row_gate.reshape(n, size, 1)).reshape(rows, D)
+    else:  # FP8: the down GEMM must read the quantized activation itself
+        out = _expert_ffn(block, w_gate_up, w_down, fp8).reshape(rows, D)
+        out = _scale_rows(out.astype(jnp.float32), row_gate.astype(jnp.float32))
+    return _gather_sum(out.astype(jnp.float32), rows_tokens, tokens_rows)
+
+
+def _blocks_needed(excess: Int[Array, " E"], size: int) -> Int[Array, " E"]:
+    return -(-excess // size)
 
 
 def _overflow_blocks(
-    n: int, size: int, fp8: FP8Config | None, ints: tuple[Array, Array], gate: Float[Array, " P1"],
+    n: int, size: int, fp8: FP8Config | None, ints: tuple[Array, Array, Array], gate: Float[Array, " P1"],
     w_gate_up: Float[Array, "E D 2F"], w_down: Float[Array, "E F D"], x: Float[Array, "T D"],
 ) -> Float[Array, "T D"]:
-    """`_expert_blocks` over n overflow blocks: block i belongs to the expert whose run of
-    blocks_per_expert covers it, and gets a copy of that expert's weights (E: no expert, zeros)."""
-    pair_row, blocks_per_expert = ints
+    """`_expert_blocks` over n overflow blocks of `size` rows. Expert e's pairs past its slots
+    (past[p] >= 0: the place after the slots; -1 for other pairs) fill ceil(excess_e / size)
+    consecutive blocks, which get a copy of e's weights (blocks nobody needs: zeros)."""
+    expert, past, excess = ints
     E = w_gate_up.shape[0]
-    owner = jnp.searchsorted(jnp.cumsum(blocks_per_expert), jnp.arange(n), side="right")
-    one_hot = jax.nn.one_hot(owner, E, dtype=w_gate_up.dtype)  # (n, E): a copy without a scatter
-    copy = partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST)  # exact on TPU too
-    weights = copy("NE,EDF->NDF", one_hot, w_gate_up), copy("NE,EFD->NFD", one_hot, w_down)
-    return _expert_blocks(n, size, fp8, jnp.minimum(pair_row, n * size), gate, *weights, x)
+    per_expert = _blocks_needed(excess, size)
+    first = jnp.cumsum(per_expert) - per_expert
+    row = jnp.where(past >= 0, first[expert] * size + past, n * size)
+    # Block i's expert; a block nobody needs has only zero rows, so any expert's weights will do.
+    owner = jnp.minimum(jnp.searchsorted(jnp.cumsum(per_expert), jnp.arange(n), side="right"), E - 1)
+    return _expert_blocks(n, size, fp8, jnp.minimum(row, n * size), gate, w_gate_up[owner], w_down[owner], x)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -423,9 +436,10 @@ def dispatch_fast(
 
     expert = indices.reshape(P)  # pair p = t * K + k
     counts = jnp.bincount(expert, length=E)
-    order = jnp.argsort(expert, stable=True)  # the queues, one after another
-    place = jnp.zeros((P,), jnp.int32).at[order].set(jnp.arange(P, dtype=jnp.int32))
-    rank = place - (jnp.cumsum(counts) - counts)[expert]
+    # A pair's place in its expert's queue: how many earlier pairs chose the same expert (a
+    # running count per expert; cheaper than sorting the pairs by expert).
+    choice = jax.nn.one_hot(expert, E, dtype=jnp.int32)  # (P, E)
+    rank = jnp.sum((jnp.cumsum(choice, axis=0) - 1) * choice, axis=1)
     kept = jnp.ones((P,), bool) if capacity is None else rank < capacity
     if capacity is not None:
         counts = jnp.minimum(counts, capacity)
@@ -435,17 +449,17 @@ def dispatch_fast(
     slot = jnp.where(in_slot, expert * C + rank, E * C)
     y = _expert_blocks(E, C, fp8, slot, gate, w_gate_up, w_down, x)
 
-    # Overflow: expert e's pairs past C fill ceil(excess_e / b) consecutive blocks of b rows.
-    blocks_per_expert = -(-jnp.maximum(counts - C, 0) // b)
-    first_block = jnp.cumsum(blocks_per_expert) - blocks_per_expert
-    every = -(-P // b) + E  # enough blocks for any routing
-    row = jnp.where(kept & ~in_slot, first_block[expert] * b + rank - C, every * b)
+    # Overflow: R blocks of b rows for the pairs past the slots, or (a rarely needed branch) blocks
+    # of C rows for however many there are.
+    excess = jnp.maximum(counts - C, 0)
+    ints = (expert, jnp.where(kept & ~in_slot, rank - C, -1), excess)
     floats = (gate, w_gate_up, w_down, x)
-    few, all_ = (partial(_overflow_blocks, n, b, fp8) for n in (R, every))
-    if R < every:
-        y = y + _lean_cond(few, all_, jnp.sum(blocks_per_expert) <= R, (row, blocks_per_expert), *floats)
+    every = -(-P // C) + E  # blocks of C rows enough for any routing
+    few, all_ = partial(_overflow_blocks, R, b, fp8), partial(_overflow_blocks, every, C, fp8)
+    if R * b < P:
+        y = y + _lean_cond(few, all_, jnp.sum(_blocks_needed(excess, b)) <= R, ints, *floats)
     else:
-        y = y + all_((row, blocks_per_expert), *floats)
+        y = y + few(ints, *floats)
     return y.astype(x.dtype), kept.reshape(T, K)
 
 
