@@ -5,12 +5,12 @@
     python benchmarks/bench_moe.py --json     # one JSON object on stdout, nothing else
 
 What it measures, for each size: the forward and backward pass (gradients with respect to the input
-and every weight) of `minids.moe.MoE`, with the fast dispatch (tokens sorted by expert, grouped
-matmul) and with the reference dispatch (every expert on every token), divided by the same for a
+and every weight) of `minids.moe.MoE`, with the fast dispatch (each expert on its own tokens, in
+fixed-size blocks) and with the reference dispatch (every expert on every token), divided by the same for a
 `minids.layers.SwiGLU` of width (K + N_s) * F. A token then does the same FFN matmul FLOPs in both:
 K routed experts and N_s shared experts of width F against one FFN of width (K + N_s) * F. The MoE
 also runs its router (E * D multiply-adds per token, about 1/(3 (K + N_s) F / E) of the FFN's) and
-the sorting. Weights come from each module's initialiser; the router is untrained, so the load is
+moves rows to and from the experts' blocks. Weights come from each module's initialiser; the router is untrained, so the load is
 what a random router gives (its MaxVio is reported).
 
 Each figure is the median over repeats that time the dense, fast and reference layers in turn, so

@@ -105,7 +105,7 @@ class MoEConfig:
     bias_update_speed: float = 1e-3  # gamma of the aux-free bias update (V3 0.001)
     capacity_factor: float | None = None  # None: no token is dropped
     n_dense_layers: int = 1  # leading blocks that keep a dense FFN (V3 3, V2 1)
-    dispatch: str = "fast"  # "fast" (sorted grouped matmul) or "reference" (every expert, every token)
+    dispatch: str = "fast"  # "fast" (each expert on its own tokens) or "reference" (every expert, every token)
 
     def __post_init__(self) -> None:
         for name in ("n_routed_experts", "experts_per_token", "expert_ffn_dim", "n_groups",
