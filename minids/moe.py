@@ -283,7 +283,7 @@ def _block_sizes(pairs: int, n_experts: int) -> tuple[int, int, int]:
     C is a fair share of the T*K pairs, rounded up to 8 rows: at perfect balance every pair has a
     slot. An overflow block holds b = C/16 rows (at least 8) of one expert; R = E of them take up
     to 1/16 more pairs, enough for a router even roughly balanced (an untrained one, MaxVio ~0.15,
-    needs about 10 at the `small` width of benchmarks/bench_moe.py).
+    needs 13 at the `small` width of benchmarks/bench_moe.py).
     """
     C = _round_up(-(-pairs // n_experts), 8)
     return C, _round_up(max(C // 16, 8), 8), n_experts
