@@ -5,8 +5,8 @@ arrays: about 780 MB for a training step of the `small` preset. It is freed when
 allocated again by the next one. glibc's malloc serves a block that large with `mmap` and gives it
 back to the kernel with `munmap` on free, so every step writes to some 190,000 fresh 4 KiB pages,
 each one a page fault the kernel answers by zeroing the page. On a 2-core machine that was about
-300 ms of system time per `small` step, roughly 15% of the step's CPU time
-(`benchmarks/bench_train.py`, which also prints the page faults per step).
+300 ms of system time per `small` step, roughly 15% of the step's CPU time (measured with
+`resource.getrusage`; see benchmarks/README.md).
 
 What. `keep_freed_memory()` asks glibc (`mallopt`) to serve every thread from the one main heap
 (`M_ARENA_MAX` = 1: a thread's own arena would still `mmap` blocks this large), never to use `mmap`
@@ -14,8 +14,8 @@ What. `keep_freed_memory()` asks glibc (`mallopt`) to serve every thread from th
 blocks are then reused by the next step, already mapped. The cost: the process keeps its peak host
 memory until it exits, which a training process reaches again on the next step anyway.
 
-When. Importing this module (which `import minids` does first) calls it once, on Linux with glibc, unless the environment sets
-`MINIDS_KEEP_FREED_MEMORY=0`. It must run before JAX starts its CPU threads (the first computation);
+When. Importing this module (which `import minids` does first) calls it once, on Linux with
+glibc, unless the environment sets `MINIDS_KEEP_FREED_MEMORY=0`. It must run before JAX starts its CPU threads (the first computation);
 `import minids` before any JAX computation does that. Elsewhere (macOS, Windows, musl) it does
 nothing. Accelerators keep their own memory pools and are not affected.
 """

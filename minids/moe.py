@@ -237,6 +237,13 @@ class AuxFreeBias(nnx.Variable):
 # ----------------------------------------------------------------------------------- dispatch
 
 
+def _queue_places(expert: Int[Array, " P"], n_experts: int) -> Int[Array, " P"]:
+    """Each (token, expert) pair's place in its expert's queue: how many earlier pairs (in token
+    order) chose the same expert. A running count per expert, no sort."""
+    choice = jax.nn.one_hot(expert, n_experts, dtype=jnp.int32)  # (P, E)
+    return jnp.sum((jnp.cumsum(choice, axis=0) - 1) * choice, axis=1)
+
+
 def _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down) -> None:
     (T, D), (E, _, F) = x.shape, w_gate.shape
     if indices.shape != gates.shape or indices.shape[0] != T or w_up.shape != (E, D, F) \
@@ -265,16 +272,19 @@ def dispatch_reference(
     choice = jax.nn.one_hot(indices, E, dtype=jnp.int32)  # (T, K, E)
     kept = jnp.ones((T, K), dtype=bool)
     if capacity is not None:  # queue position: earlier (token, slot) pairs that chose the same expert
-        flat = choice.reshape(T * K, E)
-        position = jnp.sum((jnp.cumsum(flat, axis=0) - 1) * flat, axis=-1).reshape(T, K)
+        position = _queue_places(indices.reshape(T * K), E).reshape(T, K)
         kept = position < capacity
     combine = jnp.einsum("TKE,TK->TE", choice.astype(jnp.float32), jnp.where(kept, gates, 0.0))
     y = jnp.einsum("TE,ETD->TD", combine, out.astype(jnp.float32))
     return y.astype(x.dtype), kept
 
 
+def _ceil_div(n, d):
+    return -(-n // d)
+
+
 def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+    return _ceil_div(n, multiple) * multiple
 
 
 def _block_sizes(pairs: int, n_experts: int) -> tuple[int, int, int]:
@@ -285,7 +295,7 @@ def _block_sizes(pairs: int, n_experts: int) -> tuple[int, int, int]:
     to 1/16 more pairs, enough for a router even roughly balanced (an untrained one, MaxVio ~0.15,
     needs 13 at the `small` width of benchmarks/bench_moe.py).
     """
-    C = _round_up(-(-pairs // n_experts), 8)
+    C = _round_up(_ceil_div(pairs, n_experts), 8)
     return C, _round_up(max(C // 16, 8), 8), n_experts
 
 
@@ -303,22 +313,6 @@ def _gather_sum(src: Float[Array, "R D"], index: Int[Array, "N m"], back: Int[Ar
 
 _gather_sum.defvjp(lambda src, index, back: (_gather_sum(src, index, back), (index, back)),
                    lambda res, g: (_gather_sum(g, res[1], res[0]), None, None))
-
-
-@jax.custom_vjp
-def _scale_rows(out: Float[Array, "R D"], scale: Float[Array, " R"]) -> Float[Array, "R D"]:
-    """out * scale per row. Its gradient reads the saved `out` rather than letting XLA recompute
-    the matmul that made it (which it did, fused into the reduction d_scale = sum(g * out))."""
-    return out * scale[:, None]
-
-
-def _scale_rows_bwd(res, g):
-    out, scale = res
-    out = jax.lax.optimization_barrier(out)
-    return g * scale[:, None], jnp.sum(g * out, axis=-1)
-
-
-_scale_rows.defvjp(lambda out, scale: (_scale_rows(out, scale), (out, scale)), _scale_rows_bwd)
 
 
 def _expert_ffn(rows: Float[Array, "N C D"], w_gate_up: Float[Array, "N D 2F"],
@@ -351,12 +345,8 @@ def _expert_blocks(
         out = _expert_ffn(block, w_gate_up, w_down, fp8, row_gate.reshape(n, size, 1)).reshape(rows, D)
     else:  # FP8: the down GEMM must read the quantized activation itself
         out = _expert_ffn(block, w_gate_up, w_down, fp8).reshape(rows, D)
-        out = _scale_rows(out.astype(jnp.float32), row_gate.astype(jnp.float32))
+        out = out.astype(jnp.float32) * row_gate.astype(jnp.float32)[:, None]
     return _gather_sum(out.astype(jnp.float32), rows_tokens, tokens_rows)
-
-
-def _blocks_needed(excess: Int[Array, " E"], size: int) -> Int[Array, " E"]:
-    return -(-excess // size)
 
 
 def _overflow_blocks(
@@ -368,7 +358,7 @@ def _overflow_blocks(
     consecutive blocks, which get a copy of e's weights (blocks nobody needs: zeros)."""
     expert, past, excess = ints
     E = w_gate_up.shape[0]
-    per_expert = _blocks_needed(excess, size)
+    per_expert = _ceil_div(excess, size)
     first = jnp.cumsum(per_expert) - per_expert
     row = jnp.where(past >= 0, first[expert] * size + past, n * size)
     # Block i's expert; a block nobody needs has only zero rows, so any expert's weights will do.
@@ -436,10 +426,7 @@ def dispatch_fast(
 
     expert = indices.reshape(P)  # pair p = t * K + k
     counts = jnp.bincount(expert, length=E)
-    # A pair's place in its expert's queue: how many earlier pairs chose the same expert (a
-    # running count per expert; cheaper than sorting the pairs by expert).
-    choice = jax.nn.one_hot(expert, E, dtype=jnp.int32)  # (P, E)
-    rank = jnp.sum((jnp.cumsum(choice, axis=0) - 1) * choice, axis=1)
+    rank = _queue_places(expert, E)
     kept = jnp.ones((P,), bool) if capacity is None else rank < capacity
     if capacity is not None:
         counts = jnp.minimum(counts, capacity)
@@ -454,12 +441,12 @@ def dispatch_fast(
     excess = jnp.maximum(counts - C, 0)
     ints = (expert, jnp.where(kept & ~in_slot, rank - C, -1), excess)
     floats = (gate, w_gate_up, w_down, x)
-    every = -(-P // C) + E  # blocks of C rows enough for any routing
+    every = _ceil_div(P, C) + E  # blocks of C rows: enough for any routing
     few, all_ = partial(_overflow_blocks, R, b, fp8), partial(_overflow_blocks, every, C, fp8)
-    if R * b < P:
-        y = y + _lean_cond(few, all_, jnp.sum(_blocks_needed(excess, b)) <= R, ints, *floats)
-    else:
+    if R >= _ceil_div(P, b) + E:  # R blocks of b rows are enough for any routing
         y = y + few(ints, *floats)
+    else:
+        y = y + _lean_cond(few, all_, jnp.sum(_ceil_div(excess, b)) <= R, ints, *floats)
     return y.astype(x.dtype), kept.reshape(T, K)
 
 
