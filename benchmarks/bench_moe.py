@@ -4,14 +4,16 @@
     python benchmarks/bench_moe.py --quick    # fewer repeats
     python benchmarks/bench_moe.py --json     # one JSON object on stdout, nothing else
 
-What it measures, for each size: the forward and backward pass (gradients with respect to the input
-and every weight) of `minids.moe.MoE`, with the fast dispatch (each expert on its own tokens, in
-fixed-size blocks) and with the reference dispatch (every expert on every token), divided by the same for a
-`minids.layers.SwiGLU` of width (K + N_s) * F. A token then does the same FFN matmul FLOPs in both:
-K routed experts and N_s shared experts of width F against one FFN of width (K + N_s) * F. The MoE
-also runs its router (E * D multiply-adds per token, about 1/(3 (K + N_s) F / E) of the FFN's) and
-moves rows to and from the experts' blocks. Weights come from each module's initialiser; the router is untrained, so the load is
-what a random router gives (its MaxVio is reported).
+What it measures, for each size: the forward and backward pass of `minids.moe.MoE` (gradients
+with respect to the input and every weight, of a squared error of the output, so that the whole
+forward pass is needed, as in a model), with the fast dispatch (each expert on its own tokens, in
+fixed-size blocks) and with the reference dispatch (every expert on every token), divided by the
+same for a `minids.layers.SwiGLU` of width (K + N_s) * F. A token then does the same FFN matmul
+FLOPs in both: K routed experts and N_s shared experts of width F against one FFN of width
+(K + N_s) * F. The MoE also runs its router (E * D multiply-adds per token, about
+1/(3 (K + N_s) F / E) of the FFN's) and moves rows to and from the experts' blocks. Weights come
+from each module's initialiser; the router is untrained, so the load is what a random router gives
+(its MaxVio is reported).
 
 Each figure is the median over repeats that time the dense, fast and reference layers in turn, so
 that a slow moment of a shared machine hits all three; compilation and a warm-up call are excluded.
@@ -52,21 +54,25 @@ from minids.moe import MoE, MoEConfig
 # name: (preset, batch, seq_len, MoEConfig fields, timed repeats)
 SIZES = {
     "tiny": ("tiny", 64, 32, dict(n_routed_experts=8, experts_per_token=2, n_shared_experts=1,
-                                  expert_ffn_dim=128), 15),
+                                  expert_ffn_dim=128), 60),
     "small": ("small", 16, 256, dict(n_routed_experts=16, experts_per_token=2, n_shared_experts=1,
-                                     expert_ffn_dim=256), 6),
+                                     expert_ffn_dim=256), 10),
 }
 
 
 def forward_backward(module: nnx.Module, x: jax.Array):
-    """A jitted function of (weights, x) returning the gradients of a fixed linear probe of the output."""
+    """A jitted function of (weights, x) returning the gradients of a squared error of the output.
+
+    The loss must need the output's value, as the next layer of a model does: the gradient of a
+    linear probe, sum(y * probe), does not, and XLA then drops the last matmul of the forward pass.
+    """
     graphdef, state = nnx.split(module)
-    probe = jax.random.normal(jax.random.key(1), x.shape, x.dtype)
+    target = jax.random.normal(jax.random.key(1), x.shape, x.dtype)
 
     def loss(state, x):
         out = nnx.merge(graphdef, state)(x)
         y = out[0] if isinstance(out, tuple) else out
-        return jnp.sum(y * probe)
+        return 0.5 * jnp.sum((y - target) ** 2)
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     return lambda: grad(state, x)

@@ -41,14 +41,13 @@ nothing, and the token keeps its shared experts and its residual. V3 drops no to
 c = 1.0 in training, the lowest-affinity assignments of each device first. minids drops the latest
 tokens first, as GShard and Switch do, which a hand-worked example can follow.
 
-Dispatch. `dispatch_reference` runs every expert on every token and keeps the chosen results (E/K
-times the work, plainly correct). `dispatch_fast` queues the T*K (token, expert) pairs by expert and
-runs each expert on its own queue only: a grouped matmul in fixed-size blocks, a fair share of slots
-per expert and a few overflow blocks for the busier ones (MegaBlocks, Gale et al. 2022, also drops
-nothing by computing in blocks, there with block-sparse GPU kernels), then unsorts and combines. Both drop the same assignments
-and give the same outputs and gradients (tests/test_moe.py).
-With `cfg.fp8` set, both run the routed experts' GEMMs on simulated FP8 values (V3 §3.3;
-`_fp8_expert_inputs` says what is and is not simulated); the router stays float32.
+Dispatch (minids/moe_dispatch.py). `dispatch_reference` runs every expert on every token and keeps
+the chosen results (E/K times the work, plainly correct). `dispatch_fast` queues the T*K (token,
+expert) pairs by expert and runs each expert on its own queue only: a grouped matmul in fixed-size
+blocks, a fair share of slots per expert and overflow blocks for the busier ones, then combines.
+Both drop the same assignments and give the same outputs and gradients (tests/test_moe.py). With
+`cfg.fp8` set, both run the routed experts' GEMMs on simulated FP8 values (V3 §3.3); the router
+stays float32.
 
 Shapes (letters of minids/model.py): T counts all tokens of the batch (B*T flattened), D model width,
 E routed experts, K experts per token, F expert width.
@@ -58,17 +57,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 from minids.config import ModelConfig
-from minids.fp8 import FP8Config, fp8_expert_activation, fp8_expert_output, fp8_expert_weights
 from minids.layers import SwiGLU
+from minids.moe_dispatch import dispatch_fast, dispatch_reference
 
 GATES = ("softmax", "sigmoid")
 BALANCING = ("none", "aux_loss", "seq_aux_loss", "aux_free", "aux_free+seq_aux_loss")
@@ -232,242 +230,6 @@ def aux_free_bias_update(
 
 class AuxFreeBias(nnx.Variable):
     """The aux-free balancing bias b: model state that checkpoints keep, but not an `nnx.Param`."""
-
-
-# ----------------------------------------------------------------------------------- dispatch
-
-
-def _queue_places(expert: Int[Array, " P"], n_experts: int) -> Int[Array, " P"]:
-    """Each (token, expert) pair's place in its expert's queue: how many earlier pairs (in token
-    order) chose the same expert. A running count per expert, no sort."""
-    choice = jax.nn.one_hot(expert, n_experts, dtype=jnp.int32)  # (P, E)
-    return jnp.sum((jnp.cumsum(choice, axis=0) - 1) * choice, axis=1)
-
-
-def _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down) -> None:
-    (T, D), (E, _, F) = x.shape, w_gate.shape
-    if indices.shape != gates.shape or indices.shape[0] != T or w_up.shape != (E, D, F) \
-            or w_gate.shape != (E, D, F) or w_down.shape != (E, F, D):
-        raise ValueError(
-            "dispatch needs x (T, D), indices and gates (T, K), w_gate and w_up (E, D, F), w_down "
-            f"(E, F, D); got {x.shape}, {indices.shape}, {gates.shape}, {w_gate.shape}, "
-            f"{w_up.shape}, {w_down.shape}"
-        )
-
-
-def dispatch_reference(
-    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
-    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
-    capacity: int | None = None, fp8: FP8Config | None = None,
-) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
-    """Every expert on every token, then a gate-weighted sum of the chosen: (y, kept assignments)."""
-    _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
-    T, K = indices.shape
-    E = w_gate.shape[0]
-    fp8_in, fp8_out = _fp8_hooks(fp8)
-    x, w_gate, w_up, w_down = _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
-    gate = fp8_out(jnp.einsum("TD,EDF->ETF", x, w_gate))
-    hidden = fp8_in(jax.nn.silu(gate) * fp8_out(jnp.einsum("TD,EDF->ETF", x, w_up)))
-    out = fp8_out(jnp.einsum("ETF,EFD->ETD", hidden, w_down))  # expert e's output for every token
-    choice = jax.nn.one_hot(indices, E, dtype=jnp.int32)  # (T, K, E)
-    kept = jnp.ones((T, K), dtype=bool)
-    if capacity is not None:  # queue position: earlier (token, slot) pairs that chose the same expert
-        position = _queue_places(indices.reshape(T * K), E).reshape(T, K)
-        kept = position < capacity
-    combine = jnp.einsum("TKE,TK->TE", choice.astype(jnp.float32), jnp.where(kept, gates, 0.0))
-    y = jnp.einsum("TE,ETD->TD", combine, out.astype(jnp.float32))
-    return y.astype(x.dtype), kept
-
-
-def _ceil_div(n, d):
-    return -(-n // d)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return _ceil_div(n, multiple) * multiple
-
-
-def _block_sizes(pairs: int, n_experts: int) -> tuple[int, int, int]:
-    """(slots per expert C, rows per overflow block b, overflow blocks R) of `dispatch_fast`.
-
-    C is a fair share of the T*K pairs, rounded up to 8 rows: at perfect balance every pair has a
-    slot. An overflow block holds b = C/16 rows (at least 8) of one expert; R = E of them take up
-    to 1/16 more pairs, enough for a router even roughly balanced (an untrained one, MaxVio ~0.15,
-    needs 13 at the `small` width of benchmarks/bench_moe.py).
-    """
-    C = _round_up(_ceil_div(pairs, n_experts), 8)
-    return C, _round_up(max(C // 16, 8), 8), n_experts
-
-
-@jax.custom_vjp
-def _gather_sum(src: Float[Array, "R D"], index: Int[Array, "N m"], back: Int[Array, "R n"]):
-    """out[i] = sum_j src[index[i, j]], where an index of R (one past the end) reads zeros.
-
-    `back` is the same map read the other way: row r of `src` feeds the outputs back[r, :] (N:
-    none). The gradient is then one more `_gather_sum`, not a scatter-add, which XLA:CPU runs much
-    more slowly.
-    """
-    padded = jnp.concatenate([src, jnp.zeros((1,) + src.shape[1:], src.dtype)])
-    return padded[index[:, 0]] if index.shape[1] == 1 else jnp.sum(padded[index], axis=1)
-
-
-_gather_sum.defvjp(lambda src, index, back: (_gather_sum(src, index, back), (index, back)),
-                   lambda res, g: (_gather_sum(g, res[1], res[0]), None, None))
-
-
-def _expert_ffn(rows: Float[Array, "N C D"], w_gate_up: Float[Array, "N D 2F"],
-                w_down: Float[Array, "N F D"], fp8: FP8Config | None, scale=None) -> Float[Array, "N C D"]:
-    """SwiGLU of block n's rows with block n's weights, three batched matmuls (gate and up as one)."""
-    fp8_in, fp8_out = _fp8_hooks(fp8)
-    F = w_down.shape[1]
-    gate_up = jnp.einsum("NCD,NDF->NCF", rows, w_gate_up)
-    hidden = fp8_in(jax.nn.silu(fp8_out(gate_up[..., :F])) * fp8_out(gate_up[..., F:]))
-    if scale is not None:
-        hidden = hidden * scale.astype(hidden.dtype)
-    return fp8_out(jnp.einsum("NCF,NFD->NCD", hidden, w_down))
-
-
-def _expert_blocks(
-    n: int, size: int, fp8: FP8Config | None, pair_row: Int[Array, " P"], gate: Float[Array, " P1"],
-    w_gate_up: Float[Array, "N D 2F"], w_down: Float[Array, "N F D"], x: Float[Array, "T D"],
-) -> Float[Array, "T D"]:
-    """Fill n blocks of `size` rows from the T*K pairs (pair p to row pair_row[p]; n * size for
-    none), apply block i's weights to block i's rows, and return each token's sum of its pairs'
-    outputs weighted by gate[p] (gate[P] = 0)."""
-    rows, (T, D), P = n * size, x.shape, pair_row.shape[0]
-    K = P // T
-    row_pair = jnp.full((rows + 1,), P, jnp.int32).at[pair_row].set(jnp.arange(P, dtype=jnp.int32))[:rows]
-    row_token = jnp.where(row_pair < P, row_pair // K, T)
-    tokens_rows, rows_tokens = row_token[:, None], pair_row.reshape(T, K)
-    block = _gather_sum(x, tokens_rows, rows_tokens).reshape(n, size, D)
-    row_gate = gate[row_pair]
-    if fp8 is None:  # the gate scales the hidden activation: one multiply fused into SwiGLU's
-        out = _expert_ffn(block, w_gate_up, w_down, fp8, row_gate.reshape(n, size, 1)).reshape(rows, D)
-    else:  # FP8: the down GEMM must read the quantized activation itself
-        out = _expert_ffn(block, w_gate_up, w_down, fp8).reshape(rows, D)
-        out = out.astype(jnp.float32) * row_gate.astype(jnp.float32)[:, None]
-    return _gather_sum(out.astype(jnp.float32), rows_tokens, tokens_rows)
-
-
-def _overflow_blocks(
-    n: int, size: int, fp8: FP8Config | None, ints: tuple[Array, Array, Array], gate: Float[Array, " P1"],
-    w_gate_up: Float[Array, "E D 2F"], w_down: Float[Array, "E F D"], x: Float[Array, "T D"],
-) -> Float[Array, "T D"]:
-    """`_expert_blocks` over n overflow blocks of `size` rows. Expert e's pairs past its slots
-    (past[p] >= 0: the place after the slots; -1 for other pairs) fill ceil(excess_e / size)
-    consecutive blocks, which get a copy of e's weights (blocks nobody needs: zeros)."""
-    expert, past, excess = ints
-    E = w_gate_up.shape[0]
-    per_expert = _ceil_div(excess, size)
-    first = jnp.cumsum(per_expert) - per_expert
-    row = jnp.where(past >= 0, first[expert] * size + past, n * size)
-    # Block i's expert; a block nobody needs has only zero rows, so any expert's weights will do.
-    owner = jnp.minimum(jnp.searchsorted(jnp.cumsum(per_expert), jnp.arange(n), side="right"), E - 1)
-    return _expert_blocks(n, size, fp8, jnp.minimum(row, n * size), gate, w_gate_up[owner], w_down[owner], x)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _lean_cond(true_fn, false_fn, pred, ints, *floats):
-    """`lax.cond(pred, true_fn, false_fn, ints, *floats)`, differentiable in `floats` only.
-
-    Differentiating `lax.cond` itself makes the branch that runs also return zero-filled copies of
-    the other branch's saved activations; for the overflow's fallback branch, blocks for every
-    pair, that is more memory traffic than the overflow's own work. Here the backward pass keeps
-    only the inputs and runs the chosen branch's forward again, inside its gradient.
-    """
-    return jax.lax.cond(pred, true_fn, false_fn, ints, *floats)
-
-
-def _lean_cond_fwd(true_fn, false_fn, pred, ints, *floats):
-    return _lean_cond(true_fn, false_fn, pred, ints, *floats), (pred, ints, floats)
-
-
-def _lean_cond_bwd(true_fn, false_fn, residuals, g):
-    pred, ints, floats = residuals
-
-    def grad_of(fn):
-        return lambda ints, floats, g: jax.vjp(lambda *f: fn(ints, *f), *floats)[1](g)
-
-    grads = jax.lax.cond(pred, grad_of(true_fn), grad_of(false_fn), ints, floats, g)
-    return (None, None, *grads)
-
-
-_lean_cond.defvjp(_lean_cond_fwd, _lean_cond_bwd)
-
-
-def dispatch_fast(
-    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
-    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
-    capacity: int | None = None, fp8: FP8Config | None = None,
-    *, blocks: tuple[int, int, int] | None = None,
-) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
-    """Each expert on its own tokens only, as a grouped matmul in fixed-size blocks of rows.
-
-    1. The T*K (token, expert) pairs queue per expert, earlier tokens first (the order capacity
-       dropping also uses): `rank` is a pair's place in its expert's queue.
-    2. The first C pairs of every queue fill block e of an (E, C, D) array of slots, C a fair
-       share (`_block_sizes`). Its matmuls are batched over the experts: one (C, D) @ (D, 2F) and
-       one (C, F) @ (F, D) per expert, the matmul every backend runs fastest.
-    3. The pairs past C, in the queues of the busier experts, fill overflow blocks of b rows, each
-       block one expert's, whose weights are copied in. R blocks are kept ready; a router so
-       unbalanced that it needs more runs a branch with blocks for every pair (`_lean_cond`).
-    4. Each token sums its experts' outputs, weighted by their gates. Slots and block rows that no
-       pair fills hold zeros: their work is the price of fixed shapes.
-
-    Rows move between tokens and blocks by gathers (`_gather_sum`), forward and backward.
-    `blocks` overrides (C, b, R), for tests.
-    """
-    _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
-    (T, K), E = indices.shape, w_gate.shape[0]
-    P = T * K
-    C, b, R = _block_sizes(P, E) if blocks is None else blocks
-    x, w_gate, w_up, w_down = _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
-    w_gate_up = jnp.concatenate([w_gate, w_up], axis=-1)  # (E, D, 2F)
-
-    expert = indices.reshape(P)  # pair p = t * K + k
-    counts = jnp.bincount(expert, length=E)
-    rank = _queue_places(expert, E)
-    kept = jnp.ones((P,), bool) if capacity is None else rank < capacity
-    if capacity is not None:
-        counts = jnp.minimum(counts, capacity)
-    gate = jnp.concatenate([jnp.where(kept, gates.reshape(P), 0.0), jnp.zeros((1,), gates.dtype)])
-
-    in_slot = kept & (rank < C)
-    slot = jnp.where(in_slot, expert * C + rank, E * C)
-    y = _expert_blocks(E, C, fp8, slot, gate, w_gate_up, w_down, x)
-
-    # Overflow: R blocks of b rows for the pairs past the slots, or (a rarely needed branch) blocks
-    # of C rows for however many there are.
-    excess = jnp.maximum(counts - C, 0)
-    ints = (expert, jnp.where(kept & ~in_slot, rank - C, -1), excess)
-    floats = (gate, w_gate_up, w_down, x)
-    every = _ceil_div(P, C) + E  # blocks of C rows: enough for any routing
-    few, all_ = partial(_overflow_blocks, R, b, fp8), partial(_overflow_blocks, every, C, fp8)
-    if R >= _ceil_div(P, b) + E:  # R blocks of b rows are enough for any routing
-        y = y + few(ints, *floats)
-    else:
-        y = y + _lean_cond(few, all_, jnp.sum(_ceil_div(excess, b)) <= R, ints, *floats)
-    return y.astype(x.dtype), kept.reshape(T, K)
-
-
-def _fp8_hooks(fp8: FP8Config | None):
-    """(quantize a GEMM input, quantize a GEMM output's gradient): identities without FP8."""
-    if fp8 is None:
-        return (lambda x: x), (lambda y: y)
-    return (lambda x: fp8_expert_activation(x, fp8)), (lambda y: fp8_expert_output(y, fp8))
-
-
-def _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8: FP8Config | None):
-    """Routed experts in simulated FP8 (DeepSeek-V3 §3.3): tokens in 1x128 tiles, each expert's
-    weights in 128x128 blocks, and (through `_fp8_hooks`) the hidden activation in 1x128 tiles and
-    every expert GEMM's output gradient in 1x128 tiles, so Fprop, Dgrad and Wgrad all read FP8
-    values. Not simulated here, unlike `minids.fp8.Fp8Linear`: the limited-precision accumulator
-    (expert GEMMs add in float32) and Wgrad's re-tiling along tokens (it reuses the 1x128 tiles
-    of the activations and gradients). Gate and up are quantized as separate matrices, so the fast
-    and reference dispatches see the same FP8 values."""
-    if fp8 is None:
-        return x, w_gate, w_up, w_down
-    return (fp8_expert_activation(x, fp8), *(fp8_expert_weights(w, fp8) for w in (w_gate, w_up, w_down)))
 
 
 # -------------------------------------------------------------------------------------- layer
