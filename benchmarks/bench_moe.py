@@ -15,8 +15,11 @@ FLOPs in both: K routed experts and N_s shared experts of width F against one FF
 from each module's initialiser; the router is untrained, so the load is what a random router gives
 (its MaxVio is reported).
 
-Each figure is the median over repeats that time the dense, fast and reference layers in turn, so
-that a slow moment of a shared machine hits all three; compilation and a warm-up call are excluded.
+Each figure is the median over repeats that time two layers in turn, so that a slow moment of a
+shared machine hits both: dense and fast, then (fewer repeats) dense and reference, so that each
+call always follows the same other call (what ran just before moves a call's time by a few
+percent). `reference_ms` is scaled to the first pair's dense time. Compilation and a warm-up call
+are excluded.
 
 Sizes: `tiny` is the MoE version of the `tiny` preset's FFN (D 128, dense width 384), 64 sequences
 of 32 tokens; `small` that of the `small` preset (D 256, dense width 768), 16 sequences of 256.
@@ -94,7 +97,13 @@ def bench_size(name: str, quick: bool) -> dict:
     }
     max_vio = float(layers["fast"](x)[1]["max_vio"])
     calls = {label: forward_backward(layer, x) for label, layer in layers.items()}
-    ms = interleaved_ms(calls, repeats, label=f"{name}: ")
+    # Two pairs, each call timed right after the other of its pair: what ran just before a call
+    # moves its time by several percent (an MoE layer after the reference dispatch, which sweeps
+    # E times the memory, ran 4-6% slower at `tiny` than after the dense layer).
+    ms = interleaved_ms({k: calls[k] for k in ("dense", "fast")}, repeats, label=f"{name}: ")
+    ms_ref = interleaved_ms({k: calls[k] for k in ("dense", "reference")}, max(3, repeats // 3),
+                            label=f"{name}: ")
+    ms["reference"] = ms_ref["reference"] * ms["dense"] / ms_ref["dense"]
     return {
         "tokens": batch * seq_len, "d_model": cfg.d_model, **fields,
         "dense_ffn_dim": dense_width, "max_vio": max_vio,
