@@ -244,7 +244,7 @@ def _overflow_round(
     Expert e's pairs past its slots (past[p] >= 0: the place after the slots; -1 for other pairs)
     fill ceil(excess_e / size) consecutive blocks of one long list, expert after expert; round r
     runs blocks r*n .. r*n + n - 1 of that list, each with a copy of its expert's weights (blocks
-    past the end of the list have only zero rows, so any expert's weights will do).
+    past the end of the list hold no pair, only gates of 0, so any expert's weights will do).
     """
     expert, past, excess = ints
     E = w_gate_up.shape[0]
@@ -308,7 +308,7 @@ def dispatch_fast(
        block one expert's, whose weights are copied in. A round runs R blocks; a router so
        unbalanced that one round is not enough runs more (`_overflow`).
     4. Each token sums its experts' outputs, weighted by their gates. Slots and block rows that no
-       pair fills hold zeros: their work is the price of fixed shapes.
+       pair fills have a gate of 0: their work is the price of fixed shapes.
 
     Rows move between tokens and blocks by gathers (`_to_rows`, `_to_tokens`), forward and backward.
     `blocks` overrides (C, b, R), for tests.
