@@ -265,16 +265,18 @@ def _overflow(n: int, size: int, fp8: FP8Config | None, rounds: Int[Array, ""],
     router far out of balance) in a loop whose trip count is data, which reverse-mode autodiff
     does not allow; hence this VJP. Its backward pass reuses round 0's saved activations and
     recomputes any further rounds, one at a time."""
-    return _overflow_fwd(n, size, fp8, rounds, ints, *floats)[0]
+    y = _overflow_round(0, n, size, fp8, ints, *floats)
+    return _later_rounds(n, size, fp8, rounds, ints, floats, y)
+
+
+def _later_rounds(n, size, fp8, rounds, ints, floats, y):
+    """y plus rounds 1 .. rounds - 1 (none for almost every router)."""
+    return jax.lax.fori_loop(1, rounds, lambda r, y: y + _overflow_round(r, n, size, fp8, ints, *floats), y)
 
 
 def _overflow_fwd(n, size, fp8, rounds, ints, *floats):
-    def run(r, *f):
-        return _overflow_round(r, n, size, fp8, ints, *f)
-
-    y, round_0_vjp = jax.vjp(partial(run, 0), *floats)
-    y = jax.lax.fori_loop(1, rounds, lambda r, y: y + run(r, *floats), y)
-    return y, (round_0_vjp, rounds, ints, floats)
+    y, round_0_vjp = jax.vjp(lambda *f: _overflow_round(0, n, size, fp8, ints, *f), *floats)
+    return _later_rounds(n, size, fp8, rounds, ints, floats, y), (round_0_vjp, rounds, ints, floats)
 
 
 def _overflow_bwd(n, size, fp8, residuals, g):
