@@ -15,8 +15,8 @@ blocks are then reused by the next step, already mapped. The cost: the process k
 memory until it exits, which a training process reaches again on the next step anyway.
 
 When. Importing this module (which `import minids` does first) calls it once, on Linux with
-glibc, unless the environment sets `MINIDS_KEEP_FREED_MEMORY=0`. It must run before JAX starts its CPU threads (the first computation);
-`import minids` before any JAX computation does that. Elsewhere (macOS, Windows, musl) it does
+glibc, unless the environment sets `MINIDS_KEEP_FREED_MEMORY=0`. It must run before JAX starts
+its CPU threads (the first computation); `import minids` before any JAX computation does that. Elsewhere (macOS, Windows, musl) it does
 nothing. Accelerators keep their own memory pools and are not affected.
 """
 
