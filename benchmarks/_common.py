@@ -25,16 +25,24 @@ def print_columns(columns: dict[str, dict], rows: Sequence[tuple[str, Callable[[
 
 def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int, label: str = "") -> dict[str, float]:
     """Median milliseconds of each call: compiled and warmed up first, then timed in turn, `repeats`
-    rounds, so that a slow moment of a shared machine hits every call alike."""
+    rounds, so that a slow moment of a shared machine hits every call alike.
+
+    What ran just before a call moves its time by a few percent (caches, memory the previous call
+    touched). Two calls alternate, so each always follows the other. Three or more run in a new,
+    seeded order each round, so that no call always follows the same one.
+    """
     for name, call in calls.items():
         t0 = time.perf_counter()
         jax.block_until_ready(call())  # compile
         jax.block_until_ready(call())  # warm up
         log(f"  {label}{name} compiled and warm in {time.perf_counter() - t0:.1f} s")
     times = {name: [] for name in calls}
+    order, rng = list(calls), np.random.default_rng(0)
     for _ in range(repeats):
-        for name, call in calls.items():
+        if len(order) > 2:
+            rng.shuffle(order)
+        for name in order:
             t = time.perf_counter()
-            jax.block_until_ready(call())
+            jax.block_until_ready(calls[name]())
             times[name].append(time.perf_counter() - t)
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}

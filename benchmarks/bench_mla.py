@@ -17,7 +17,8 @@ attention, feed-forward and the output head, as in generation. Models are the `s
 
 The cache buffer has exactly `context + 1` slots and the key mask marks them all as filled (the
 buffers hold zeros: the work done does not depend on their values). Each figure is the median over
-repeats that time the models in turn, so a slow moment of a shared machine hits them all; compiling
+repeats that time the models in turn, in a new (seeded) order each round, so that a slow moment of a
+shared machine hits them all and no model always runs right after the same other one; compiling
 and a warm-up call are excluded.
 
 JSON keys (`--json`):
