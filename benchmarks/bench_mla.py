@@ -24,9 +24,11 @@ and a warm-up call are excluded.
 JSON keys (`--json`):
 
     backend, jax_version, cpu_count, batch
-    cache_bytes_per_token: {model: bytes}   all layers, float32, from minids.mla.kv_cache_bytes_per_token
+    cache_bytes_per_token: {model: ...}      bytes, all layers, float32 (minids.mla.kv_cache_bytes_per_token)
     mha_over_mla_cache                       how many times smaller MLA's cache is than MHA's
-    contexts: {context: {model: ms, ..., "naive_over_absorbed": ratio}}   median per-token decode time
+    contexts: {context: {...}}               one object per context ("256", ...), with
+        mha, gqa, mla_naive, mla_absorbed    median per-token decode time, milliseconds
+        naive_over_absorbed                  mla_naive / mla_absorbed
 
 Targets (a benchmark, never a test): absorbed MLA decodes faster than naive MLA from context 1024 on,
 and MLA's cache is at least 4x smaller than MHA's at this width.

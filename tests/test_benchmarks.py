@@ -1,0 +1,81 @@
+"""Every benchmark script runs, and its `--json` output is one JSON object with the keys its docstring lists.
+
+This checks the scripts' contract, not their figures: speed is never asserted in a test. Each runs on
+its smallest size with `--quick` (about two minutes for all six on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# script: extra arguments that pick its smallest size
+SCRIPTS = {
+    "bench_train.py": ["--preset", "tiny"],
+    "bench_moe.py": ["--size", "tiny"],
+    "bench_mla.py": [],
+    "bench_model.py": [],
+    "bench_grpo.py": [],
+    "bench_fp8.py": ["--preset", "tiny"],
+}
+PLACEHOLDERS = {"name", "context", "model", "granularity"}  # stand for the keys of per-item objects
+
+
+def documented_keys(script: Path) -> set[str]:
+    """The key names in the first column of the docstring's "JSON keys" section."""
+    doc = ast.get_docstring(ast.parse(script.read_text()))
+    assert doc and "JSON keys (`--json`):" in doc, f"{script.name}: no JSON keys section in its docstring"
+    keys = set()
+    for line in doc.split("JSON keys (`--json`):", 1)[1].splitlines()[1:]:
+        if line and not line.startswith(" "):
+            break  # the section ends at the next unindented paragraph
+        if len(line) - len(line.lstrip()) > 24:
+            continue  # a description's second line, aligned under the description column
+        column = re.split(r"\s{2,}", line.strip())[0]  # the key column, before the description
+        keys |= set(re.findall(r"\b[a-z_][a-z0-9_]*\b", column))
+    return keys - PLACEHOLDERS
+
+
+def all_keys_and_numbers(obj, keys: set[str], numbers: list[float]) -> None:
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            keys.add(key)
+            all_keys_and_numbers(value, keys, numbers)
+    elif isinstance(obj, list):
+        for value in obj:
+            all_keys_and_numbers(value, keys, numbers)
+    elif isinstance(obj, int | float) and not isinstance(obj, bool):
+        numbers.append(float(obj))
+
+
+def test_documented_keys_parse_the_docstrings():
+    keys = documented_keys(BENCHMARKS / "bench_mla.py")
+    assert {"contexts", "mla_absorbed", "naive_over_absorbed", "cache_bytes_per_token"} <= keys
+    assert not keys & {"ms", "where", "ran"}, "description words must not be read as keys"
+    train = documented_keys(BENCHMARKS / "bench_train.py")  # a description that runs onto a second line
+    assert "matmul_fraction_paired" in train and not train & {"before", "median", "busy"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_benchmark_json_has_the_documented_keys(script):
+    path = BENCHMARKS / script
+    run = subprocess.run([sys.executable, str(path), *SCRIPTS[script], "--quick", "--json"],
+                         capture_output=True, text=True, timeout=600, cwd=BENCHMARKS.parent)
+    assert run.returncode == 0, f"{script} failed:\n{run.stderr[-3000:]}"
+    report = json.loads(run.stdout)  # the whole of stdout must be the one object
+    assert isinstance(report, dict)
+    documented = documented_keys(path)
+    keys, numbers = set(), []
+    all_keys_and_numbers(report, keys, numbers)
+    assert documented <= keys, f"{script}: documented but missing from --json: {sorted(documented - keys)}"
+    assert set(report) <= documented, f"{script}: top-level keys not documented: {sorted(set(report) - documented)}"
+    assert numbers and all(math.isfinite(x) for x in numbers), f"{script}: a figure is not finite"
