@@ -9,7 +9,7 @@ PARITY ?= 1
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: lab test smoke bench figures data lint clean
+.PHONY: lab test smoke bench bench-torch figures data lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_grpo.py
 	$(BIN)/python benchmarks/bench_fp8.py
+
+bench-torch: $(VENV)/.parity-installed
+	$(BIN)/python benchmarks/bench_torch.py
 
 figures: $(VENV)/.dev-installed
 	$(BIN)/python -m minids train --preset tiny --out runs/tiny --no-progress

@@ -23,9 +23,11 @@ def print_columns(columns: dict[str, dict], rows: Sequence[tuple[str, Callable[[
         print(f"{label:28s}" + "".join(f"{fmt(col):>{width}s}" for col in columns.values()))
 
 
-def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int, label: str = "") -> dict[str, float]:
+def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int, label: str = "",
+                   samples: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median milliseconds of each call: compiled and warmed up first, then timed in turn, `repeats`
-    rounds, so that a slow moment of a shared machine hits every call alike.
+    rounds, so that a slow moment of a shared machine hits every call alike. `samples`, if given,
+    receives every timing, in milliseconds.
 
     What ran just before a call moves its time by a few percent (caches, memory the previous call
     touched). Two calls alternate, so each always follows the other. Three or more run in a new,
@@ -45,4 +47,6 @@ def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int, label: 
             t = time.perf_counter()
             jax.block_until_ready(calls[name]())
             times[name].append(time.perf_counter() - t)
+    if samples is not None:
+        samples.update({name: [1e3 * x for x in t] for name, t in times.items()})
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
