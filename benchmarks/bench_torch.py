@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _common import interleaved_ms, log, print_columns
+from bench_train import flops_per_token  # the same model-FLOP formula as bench_train's fraction
 
 from minids.config import preset
 from minids.cost import matmul_params
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     cfg = preset("small")
     T = cfg.max_seq_len
-    fpt = 6 * matmul_params(cfg) + 12 * cfg.n_layers * T * cfg.n_heads * cfg.head_dim  # bench_train's
+    fpt = flops_per_token(cfg, T)
     rng = np.random.default_rng(0)
     tokens = {k: rng.integers(3, cfg.vocab_size, (BATCH, T)) for k in ("inputs", "targets")}
 
