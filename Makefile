@@ -44,6 +44,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_grpo.py
 	$(BIN)/python benchmarks/bench_fp8.py
+	$(BIN)/python benchmarks/bench_matmul.py
 
 bench-torch: $(VENV)/.parity-installed
 	$(BIN)/python benchmarks/bench_torch.py

@@ -1,7 +1,7 @@
 """Every benchmark script runs, and its `--json` output is one JSON object with the keys its docstring lists.
 
 This checks the scripts' contract, not their figures: speed is never asserted in a test. Each runs on
-its smallest size with `--quick` (about three minutes for all seven on 2 CPU cores;
+its smallest size with `--quick` (about three minutes for all eight on 2 CPU cores;
 `bench_torch.py` only where torch, from the parity extra, is installed).
 """
 
@@ -28,6 +28,7 @@ SCRIPTS = {
     "bench_grpo.py": [],
     "bench_fp8.py": ["--preset", "tiny"],
     "bench_torch.py": [],  # needs torch, from the parity extra
+    "bench_matmul.py": [],
 }
 PLACEHOLDERS = {"name", "context", "model", "granularity"}  # stand for the keys of per-item objects
 
@@ -57,6 +58,11 @@ def all_keys_and_numbers(obj, keys: set[str], numbers: list[float]) -> None:
             all_keys_and_numbers(value, keys, numbers)
     elif isinstance(obj, int | float) and not isinstance(obj, bool):
         numbers.append(float(obj))
+
+
+def test_every_benchmark_script_is_tested():
+    scripts = {path.name for path in BENCHMARKS.glob("bench_*.py")}
+    assert scripts == set(SCRIPTS), f"add to SCRIPTS: {sorted(scripts - set(SCRIPTS))}; gone: {sorted(set(SCRIPTS) - scripts)}"
 
 
 def test_documented_keys_parse_the_docstrings():
