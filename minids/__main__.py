@@ -20,7 +20,7 @@ def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from minids.config import preset
-    from minids.data import DATA_DIR, load_local, load_split
+    from minids.data import load_local, load_split, shipped_data_dir
     from minids.generate import task_accuracy
     from minids.model import Transformer, count_params
     from minids.plots import save_loss_plot
@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
         train, val, test = rows[:-n_val], rows[-n_val:], rows[-n_val:]
         print(f"dataset {args.dataset}: {len(train)} training rows, {n_val} held out")
     else:
-        data_dir = args.data or DATA_DIR
+        data_dir = args.data or shipped_data_dir()
         train, val, test = (load_split(s, data_dir) for s in ("train", "val", "test"))
 
     out = Path(args.out)

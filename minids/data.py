@@ -12,7 +12,9 @@ reversing, counting), so that later notebooks can watch MoE experts specialise b
     count  "count a abca=" -> "2"       how often a letter occurs in eight letters
 
 `python -m minids.data` regenerates `data/{train,val,test}.jsonl` bit for bit from a seed. Each task's
-prompts are drawn without repetition and then split, so no prompt appears in two splits. Files are
+prompts are drawn without repetition and then split, so no prompt appears in two splits. Installed
+without its repository (`pip install .` or from a wheel), minids has no `data/` beside it: it then
+writes the same splits once into a cache folder and reads them from there (`shipped_data_dir`). Files are
 read back through Hugging Face `datasets` (`load_dataset("json")`, local files, no network); a user's
 own local `.jsonl` (with `prompt`/`answer` fields, or `text`) or `.txt` file can be used instead.
 
@@ -23,9 +25,12 @@ EOS only: the model is never asked to predict a random prompt.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import random
 import string
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,11 +219,36 @@ def write_splits(out_dir: Path | str = DATA_DIR, seed: int = 0, sizes=None) -> l
 # --------------------------------------------------------------------------------------- loading
 
 
-def load_split(split: str, data_dir: Path | str = DATA_DIR) -> list[dict[str, str]]:
-    """The shipped examples of one split, read through Hugging Face `datasets` (no network)."""
+def shipped_data_dir() -> Path:
+    """The folder that holds the shipped splits.
+
+    From a clone (`pip install -e .`, the README's set-up) that is the repository's `data/`. An
+    install without the repository has none, so the splits are written once, from seed 0 as
+    `python -m minids.data` writes them (the same bytes: tests/test_data.py), into
+    `$MINIDS_DATA_CACHE` or `~/.cache/minids/`, in a folder named by a hash of this file, so that
+    a minids whose generators changed never reads another's cache. Nothing is downloaded.
+    """
+    if all((DATA_DIR / f"{split}.jsonl").exists() for split in SPLITS):
+        return DATA_DIR
+    root = os.environ.get("MINIDS_DATA_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minids"
+    cache = Path(root) / f"data-{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]}"
+    if not all((cache / f"{split}.jsonl").exists() for split in SPLITS):
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            for path in write_splits(tmp, seed=0):  # then moved in whole: never a half-written file
+                os.replace(path, cache / path.name)
+    return cache
+
+
+def load_split(split: str, data_dir: Path | str | None = None) -> list[dict[str, str]]:
+    """The shipped examples of one split, read through Hugging Face `datasets` (no network).
+
+    `data_dir` defaults to `shipped_data_dir()`: the repository's `data/`, or its cached copy.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return load_local(Path(data_dir) / f"{split}.jsonl")
+    return load_local(Path(data_dir or shipped_data_dir()) / f"{split}.jsonl")
 
 
 def load_local(path: Path | str) -> list[dict[str, str]]:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import minids.data
 from minids.config import PRESETS
 from minids.data import (
     DATA_DIR,
@@ -22,6 +28,7 @@ from minids.data import (
     load_local,
     load_split,
     main,
+    shipped_data_dir,
 )
 
 TOK = CharTokenizer()
@@ -177,6 +184,34 @@ def test_load_split_reads_the_shipped_file_through_datasets(shipped):
     assert load_split("val") == shipped["val"]
     with pytest.raises(ValueError, match="split"):
         load_split("dev")
+
+
+def test_without_the_repositorys_data_the_splits_are_regenerated_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(minids.data, "DATA_DIR", tmp_path / "not-installed")  # as in site-packages
+    monkeypatch.setenv("MINIDS_DATA_CACHE", str(tmp_path / "cache"))
+    folder = shipped_data_dir()
+    assert folder.parent == tmp_path / "cache"
+    for split in SPLITS:
+        assert (folder / f"{split}.jsonl").read_bytes() == (DATA_DIR / f"{split}.jsonl").read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{split}.jsonl" for split in SPLITS)
+    # the second time reads the cache and generates nothing
+    monkeypatch.setattr(minids.data, "generate_splits", lambda *a, **k: pytest.fail("regenerated"))
+    assert shipped_data_dir() == folder
+    assert load_split("test")[:3] == _read_jsonl(DATA_DIR / "test.jsonl")[:3]
+
+
+def test_a_plain_install_without_the_repository_loads_the_shipped_splits(tmp_path):
+    """`pip install .` puts the package alone in site-packages; a copy of `minids/` stands in for it."""
+    site = tmp_path / "site"
+    shutil.copytree(Path(minids.data.__file__).parent, site / "minids",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    probe = ("import minids.data as d, json; assert not d.DATA_DIR.exists(), d.DATA_DIR; "
+             "print(json.dumps(d.load_split('val')[:5]))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(site), "MINIDS_DATA_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout) == _read_jsonl(DATA_DIR / "val.jsonl")[:5]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir())[0].startswith("data-")
 
 
 # ------------------------------------------------------------------------------------ local files
