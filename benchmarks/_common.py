@@ -23,6 +23,18 @@ def print_columns(columns: dict[str, dict], rows: Sequence[tuple[str, Callable[[
         print(f"{label:28s}" + "".join(f"{fmt(col):>{width}s}" for col in columns.values()))
 
 
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of `repeats` calls run back to back, after one call to compile and one to warm up."""
+    jax.block_until_ready(call())  # compile
+    jax.block_until_ready(call())  # warm up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
 def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int, label: str = "",
                    samples: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median milliseconds of each call: compiled and warmed up first, then timed in turn, `repeats`

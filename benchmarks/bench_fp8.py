@@ -43,7 +43,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import log, print_columns
+from _common import log, median_ms, print_columns
 
 from minids.config import preset
 from minids.fp8 import fp8_matmul, quantize
@@ -54,17 +54,6 @@ from minids.train import TrainConfig, make_optimizer, train_step
 TRAIN_SHAPES = {"tiny": (64, 8, 4), "small": (16, 4, 1)}
 PRECISIONS = ("fp32", "bf16", "fp8")
 QUANT_N, MATMUL_N = 4096, 1024
-
-
-def _median_ms(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile
-    jax.block_until_ready(fn())  # warm up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
 
 
 def bench_train(name: str, quick: bool) -> dict:
@@ -109,7 +98,7 @@ def bench_quantize(quick: bool) -> dict:
     out = {}
     for label, block in (("tile_1x128", (1, 128)), ("block_128x128", (128, 128)), ("tensor", None)):
         fn = jax.jit(lambda x, block=block: quantize(x, "e4m3", block))
-        ms = _median_ms(lambda fn=fn: fn(x), 3 if quick else 10)
+        ms = median_ms(lambda fn=fn: fn(x), 3 if quick else 10)
         out[label] = {"ms": ms, "gelem_per_s": x.size / ms / 1e6}
     return out
 
@@ -119,8 +108,8 @@ def bench_matmul(quick: bool) -> dict:
     b = jax.random.normal(jax.random.key(2), (MATMUL_N, MATMUL_N), jnp.float32)
     plain, fp8 = jax.jit(lambda a, b: a @ b), jax.jit(lambda a, b: fp8_matmul(a, b))
     repeats = 3 if quick else 8
-    fp32_ms = _median_ms(lambda: plain(a, b), repeats)
-    fp8_ms = _median_ms(lambda: fp8(a, b), repeats)
+    fp32_ms = median_ms(lambda: plain(a, b), repeats)
+    fp8_ms = median_ms(lambda: fp8(a, b), repeats)
     return {"fp32_ms": fp32_ms, "fp8_ms": fp8_ms, "fp8_ratio": fp8_ms / fp32_ms}
 
 

@@ -58,8 +58,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from _common import log  # noqa: E402
+from _common import log, median_ms  # noqa: E402
 
 # name: (B, M, K, N)
 SHAPES = {
@@ -82,18 +81,6 @@ def _operands(shape, seed, transposed_b=False):
     return jax.random.normal(ka, (B, M, K)), jax.random.normal(kb, (B, N, K) if transposed_b else (B, K, N))
 
 
-def back_to_back_ms(call, repeats: int) -> float:
-    """Median milliseconds of `repeats` calls run one after the other (after two warm-up calls)."""
-    for _ in range(2):
-        jax.block_until_ready(call())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
-
-
 def measure(quick: bool) -> dict:
     """GFLOP/s of every shape, and the independent-pair ratio, in this process."""
     matmul = jax.jit(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b))
@@ -107,12 +94,10 @@ def measure(quick: bool) -> dict:
     c, d = _operands(SHAPES["experts_down"], 99)
     a, b = _operands(SHAPES["experts_down"], 2)
     calls["pair"] = lambda: pair(a, b, c, d)
-    for call in calls.values():
-        jax.block_until_ready(call())  # compile
     ms = {name: float("inf") for name in calls}
     for _ in range(2):  # two passes, the faster median kept: a moment of load hits one pass only
         for name, call in calls.items():
-            ms[name] = min(ms[name], back_to_back_ms(call, 10 if quick else 40))
+            ms[name] = min(ms[name], median_ms(call, 10 if quick else 40))
     shapes = {}
     for name, (B, M, K, N) in SHAPES.items():
         shapes[name] = {"batch": B, "m": M, "k": K, "n": N, "gflops": 2 * B * M * K * N / ms[name] / 1e6}
