@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minids.config import ModelConfig
+# Parameter counts are arithmetic on the config, kept with it (minids/config.py); re-exported here.
+from minids.config import ModelConfig, ParamCounts, attention_params, moe_param_counts, param_counts  # noqa: F401
 from minids.mla import kv_cache_bytes_per_token
 
 # DeepSeek-V3 §1 and Table 1: H800 GPU-hours (thousands) by stage, and the rental price it assumes.
@@ -39,60 +40,6 @@ V3_PRICE_PER_GPU_HOUR = 2.0
 V3_TRAINING_TOKENS = 14.8e12
 # Dense peak throughput of one H800 (the same SXM tensor cores as an H100), FLOP/s.
 H800_PEAK = {"bf16": 989e12, "fp8": 1979e12}
-
-
-@dataclass(frozen=True)
-class ParamCounts:
-    total: int
-    activated: int
-    embedding: int  # the input table, V * D (in `activated`: one row, D, unless tied to the head)
-    head: int  # the output head, V * D (0 when tied)
-    attention: int  # all layers
-    dense_ffn: int  # all dense-FFN layers
-    moe_total: int  # all MoE layers: router + shared + every routed expert
-    moe_activated: int  # all MoE layers: router + shared + K routed experts
-    norms: int
-
-
-def attention_params(cfg: ModelConfig) -> int:
-    """Weights of one attention layer (without its RMSNorm in front)."""
-    D, N = cfg.d_model, cfg.n_heads
-    m = cfg.mla
-    if m is None:
-        H, M = cfg.head_dim, cfg.n_kv_heads
-        return D * N * H + 2 * D * M * H + N * H * D
-    if m.q_lora_rank:
-        query = D * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * N * m.qk_head_dim
-    else:
-        query = D * N * m.qk_head_dim
-    kv = D * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank \
-        + m.kv_lora_rank * N * (m.qk_nope_head_dim + m.v_head_dim)
-    return query + kv + N * m.v_head_dim * D
-
-
-def _moe_layer(cfg: ModelConfig) -> tuple[int, int]:
-    from minids.moe import moe_param_counts
-
-    return moe_param_counts(cfg)
-
-
-def param_counts(cfg: ModelConfig) -> ParamCounts:
-    """Parameters of the model `cfg` describes, counted from the config alone."""
-    V, D, L = cfg.vocab_size, cfg.d_model, cfg.n_layers
-    n_dense = L if cfg.moe is None else cfg.moe.n_dense_layers
-    n_moe = L - n_dense
-    embedding, head = V * D, 0 if cfg.tie_embeddings else V * D
-    attention = L * attention_params(cfg)
-    dense_ffn = n_dense * 3 * D * cfg.ffn_dim
-    moe_total, moe_activated = _moe_layer(cfg) if n_moe else (0, 0)
-    norms = 2 * L * D + D  # two RMSNorms per block and the final one (MLA's own are in `attention`)
-    shared = embedding + head + attention + dense_ffn + norms
-    lookup = embedding - D if head else 0  # a token reads one row, unless the table is also the head
-    return ParamCounts(
-        total=shared + n_moe * moe_total, activated=shared - lookup + n_moe * moe_activated,
-        embedding=embedding, head=head, attention=attention, dense_ffn=dense_ffn,
-        moe_total=n_moe * moe_total, moe_activated=n_moe * moe_activated, norms=norms,
-    )
 
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

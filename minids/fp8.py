@@ -48,7 +48,6 @@ Shapes (as in moe.grouped_matmul): M rows (tokens), I inputs (the contraction ax
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
@@ -57,6 +56,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
+
+from minids.config import FP8_FORMATS, FP8Config, check_accumulator, check_block
 
 
 class Fp8Format(NamedTuple):
@@ -75,7 +76,7 @@ def _format(name: str, dtype) -> Fp8Format:
 
 
 FORMATS = {"e4m3": _format("e4m3", jnp.float8_e4m3fn), "e5m2": _format("e5m2", jnp.float8_e5m2)}
-SCALING = ("tile", "tensor")
+assert tuple(FORMATS) == FP8_FORMATS  # the names FP8Config accepts
 _AMAX_FLOOR = 1e-30  # an all-zero block gets scale 1e-30 / max instead of 0
 
 
@@ -91,70 +92,12 @@ def _fmt(fmt: str) -> Fp8Format:
     return FORMATS[fmt]
 
 
-def _block(block: Any, name: str = "block") -> tuple[int, int] | None:
-    if block is None:
-        return None
-    if (not isinstance(block, tuple | list) or len(block) != 2
-            or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in block)):
-        raise ValueError(f"{name} must be None or a pair of positive ints like (1, 128), got {block!r}")
-    return tuple(block)
-
-
-@dataclass(frozen=True)
-class FP8Config:
-    """How a model runs its FP8 GEMMs; the defaults are DeepSeek-V3's recipe (§3.3)."""
-
-    fmt: str = "e4m3"  # activations and weights (V3: E4M3 for every tensor)
-    grad_fmt: str = "e4m3"  # output gradients ("e5m2" is the hybrid recipe V3 moved away from)
-    scaling: str = "tile"  # "tile": the blocks below; "tensor": one scale per tensor
-    act_block: tuple[int, int] = (1, 128)  # activations: per token per 128 channels
-    weight_block: tuple[int, int] = (128, 128)
-    grad_block: tuple[int, int] = (1, 128)  # output gradients (Dgrad); Wgrad re-tiles along tokens
-    pow2_scale: bool = False  # round scales up to powers of two (UE8M0)
-    acc_mantissa_bits: int | None = 13  # fraction bits of the tensor-core accumulator; None = fp32
-    k_slice: int = 32  # elements per MMA instruction
-    promote_every: int | None = 128  # N_C; None = never promote to float32
-
-    def __post_init__(self) -> None:
-        for name in ("act_block", "weight_block", "grad_block"):
-            object.__setattr__(self, name, _block(getattr(self, name), name))  # JSON lists -> tuples
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} must be a pair of positive ints; use scaling='tensor' for "
-                                 "one scale per tensor")
-        for name in ("fmt", "grad_fmt"):
-            if getattr(self, name) not in FORMATS:
-                raise ValueError(f"{name} must be one of {list(FORMATS)}, got {getattr(self, name)!r}")
-        if self.scaling not in SCALING:
-            raise ValueError(f"scaling must be one of {list(SCALING)}, got {self.scaling!r}")
-        if not isinstance(self.pow2_scale, bool):
-            raise ValueError(f"pow2_scale must be a bool, got {self.pow2_scale!r}")
-        _check_accumulator(self.acc_mantissa_bits, self.k_slice, self.promote_every)
-
-    def blocks(self) -> tuple[Any, Any, Any]:
-        """(activation, weight, gradient) blocks; None each under per-tensor scaling."""
-        if self.scaling == "tensor":
-            return None, None, None
-        return self.act_block, self.weight_block, self.grad_block
-
-
-def _check_accumulator(acc_mantissa_bits, k_slice, promote_every) -> None:
-    if acc_mantissa_bits is not None and (isinstance(acc_mantissa_bits, bool) or not isinstance(
-            acc_mantissa_bits, int) or not 1 <= acc_mantissa_bits <= 23):
-        raise ValueError(f"acc_mantissa_bits must be None or an int in [1, 23], got {acc_mantissa_bits!r}")
-    if isinstance(k_slice, bool) or not isinstance(k_slice, int) or k_slice < 1:
-        raise ValueError(f"k_slice must be a positive int, got {k_slice!r}")
-    if promote_every is not None and (isinstance(promote_every, bool) or not isinstance(
-            promote_every, int) or promote_every < 1 or promote_every % k_slice):
-        raise ValueError(f"promote_every must be None or a positive multiple of k_slice ({k_slice}), "
-                         f"got {promote_every!r}")
-
-
 # ------------------------------------------------------------------------- quantize / dequantize
 
 
 def fit_block(block: Any, shape: tuple[int, int]) -> tuple[int, int] | None:
     """`block` clipped to `shape` per axis: a 64-wide axis gets 64-wide blocks."""
-    block = _block(block)
+    block = check_block("block", block)
     return None if block is None else tuple(min(b, n) for b, n in zip(block, shape, strict=True))
 
 
@@ -192,7 +135,7 @@ def quantize(
     `pow2_scale`, rounded up to a power of two. For (1, 128) on (M, I) the scale is (M, I/128); for
     `block=None` it is one scalar. Values are clipped to +-max before the cast: never NaN.
     """
-    f, block = _fmt(fmt), _block(block)
+    f, block = _fmt(fmt), check_block("block", block)
     _check_blocks(x.shape, block, "x")
     x32 = jnp.asarray(x, jnp.float32)
     tiles = _tiles(x32, block)
@@ -211,7 +154,7 @@ def dequantize(
     q: Array, scale: Float[Array, "..."], block: tuple[int, int] | None = (1, 128)
 ) -> Float[Array, "... R C"]:
     """float32 q * scale, each block by its own scale."""
-    block = _block(block)
+    block = check_block("block", block)
     _check_blocks(q.shape, block, "q")
     tiles = _tiles(q.astype(jnp.float32), block)
     spread = scale if block is None else scale[..., :, None, :, None]
@@ -306,7 +249,7 @@ def limited_precision_matmul(
     k_slice: int = 32, promote_every: int | None = 128,
 ) -> Float[Array, "M O"]:
     """a @ b through a tensor-core accumulator of `acc_mantissa_bits` fraction bits (module docstring)."""
-    _check_accumulator(acc_mantissa_bits, k_slice, promote_every)
+    check_accumulator(acc_mantissa_bits, k_slice, promote_every)
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     if acc_mantissa_bits is None:
         return jnp.dot(a, b, precision=_EXACT, preferred_element_type=jnp.float32)
@@ -353,7 +296,7 @@ def limited_precision_matmul_reference(
     k_slice: int = 32, promote_every: int | None = 128,
 ) -> Float[Array, "M O"]:
     """The same arithmetic, slice by slice, as the hardware does it (slow, for tests and reading)."""
-    _check_accumulator(acc_mantissa_bits, k_slice, promote_every)
+    check_accumulator(acc_mantissa_bits, k_slice, promote_every)
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
     bits = 23 if acc_mantissa_bits is None else acc_mantissa_bits
     total = jnp.zeros((a.shape[0], b.shape[1]), jnp.float32)  # the float32 register (CUDA cores)
@@ -376,7 +319,7 @@ def fp8_matmul(
     multiplied through `limited_precision_matmul`. Returns float32."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"fp8_matmul needs a (M, I) and b (I, O), got {a.shape} and {b.shape}")
-    _check_accumulator(acc_mantissa_bits, k_slice, promote_every)
+    check_accumulator(acc_mantissa_bits, k_slice, promote_every)
     a = fp8_round_trip(a, fmt, a_block, pow2_scale)
     b = fp8_round_trip(b, b_fmt or fmt, b_block, pow2_scale)
     return limited_precision_matmul(a, b, acc_mantissa_bits, k_slice, promote_every)

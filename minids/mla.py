@@ -36,9 +36,6 @@ only to the extra k_rope part, which is cached already rotated.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -52,55 +49,12 @@ from minids.attention import (
     is_full_causal_pass,
     write_cache,
 )
-from minids.config import ModelConfig
+from minids.config import MLAConfig, ModelConfig
 from minids.layers import RMSNorm, apply_rope, dense
 
-DECODE = ("absorbed", "naive")
 # The RMSNorms on the query and key/value latents use this eps whatever `ModelConfig.norm_eps` says,
 # as DeepSeek's released code does (only the blocks' norms take the configured eps).
 LATENT_NORM_EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class MLAConfig:
-    """MLA's widths (V2 Table 1's d_c', d_c, d_h and d_h^R). `ModelConfig.n_heads` gives N.
-
-    With `mla` set, `ModelConfig.n_kv_heads` and `head_dim` are not used by attention.
-    """
-
-    q_lora_rank: int = 0  # query latent width d_c' (V3 1536); 0 = no query compression (V2-Lite)
-    kv_lora_rank: int = 64  # C, the cached latent width d_c (V3 512)
-    qk_nope_head_dim: int = 32  # Hn, the per-head key/query part without position (V3 128)
-    qk_rope_head_dim: int = 16  # R, the decoupled RoPE part, shared key (V3 64)
-    v_head_dim: int = 32  # Hv, per-head value width (V3 128)
-    decode: str = "absorbed"  # how cached decoding attends: "absorbed" or "naive"
-
-    def __post_init__(self) -> None:
-        q = self.q_lora_rank
-        if isinstance(q, bool) or not isinstance(q, int) or q < 0:
-            raise ValueError(f"mla.q_lora_rank must be an integer >= 0 (0 = no query compression), got {q!r}")
-        for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"mla.{name} must be a positive integer, got {value!r}")
-        if self.qk_rope_head_dim % 2:
-            raise ValueError(
-                f"mla.qk_rope_head_dim must be even for RoPE (it rotates pairs), got {self.qk_rope_head_dim}"
-            )
-        if self.decode not in DECODE:
-            raise ValueError(f"mla.decode must be one of {list(DECODE)}, got {self.decode!r}")
-
-    @property
-    def qk_head_dim(self) -> int:
-        return self.qk_nope_head_dim + self.qk_rope_head_dim
-
-    @property
-    def softmax_scale(self) -> float:
-        """1 / sqrt(Hn + R): queries and keys have Hn + R channels (V2 eq. 18)."""
-        return self.qk_head_dim**-0.5
-
-    def replace(self, **changes) -> MLAConfig:
-        return dataclasses.replace(self, **changes)
 
 
 # ------------------------------------------------------------------------- the pieces, as functions

@@ -26,10 +26,10 @@ from flax import nnx, struct
 from jaxtyping import Array, Bool, Float, Int
 
 from minids.attention import Attention
-from minids.config import ModelConfig
+from minids.config import ModelConfig, moe_param_counts, param_counts
 from minids.layers import Embedding, RMSNorm, SwiGLU, dense
 from minids.mla import MLA
-from minids.moe import MoE, moe_param_counts
+from minids.moe import MoE
 
 MAX_BUILD_PARAMS = 20e9  # 80 GB of float32 weights: more than one accelerator holds with its optimizer
 
@@ -82,8 +82,6 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
         if not isinstance(cfg, ModelConfig):
             raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-        from minids.cost import param_counts  # cost imports the attention modules this one does
-
         size = param_counts(cfg).total
         if size > MAX_BUILD_PARAMS:
             raise ValueError(

@@ -56,87 +56,15 @@ E routed experts, K experts per token, F expert width.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from minids.config import ModelConfig
+from minids.config import MOE_GATES, ModelConfig, MoEConfig, check_choice
 from minids.layers import SwiGLU
 from minids.moe_dispatch import dispatch_fast, dispatch_reference
-
-GATES = ("softmax", "sigmoid")
-BALANCING = ("none", "aux_loss", "seq_aux_loss", "aux_free", "aux_free+seq_aux_loss")
-DISPATCH = ("fast", "reference")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value: Any, *, positive: bool) -> None:
-    rule = "a finite number > 0" if positive else "a finite number >= 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class MoEConfig:
-    """One MoE FFN: routed and shared experts, the router, balancing, capacity and dispatch."""
-
-    n_routed_experts: int = 8  # E
-    n_shared_experts: int = 1  # always on; run as one SwiGLU of width n_shared * expert_ffn_dim
-    experts_per_token: int = 2  # K
-    expert_ffn_dim: int = 128  # F, the hidden width of each expert
-    gate: str = "sigmoid"  # "sigmoid" (V3, renormalised over the K chosen) or "softmax" (V2)
-    route_scale: float = 1.0  # gate values are multiplied by this (V3 2.5, V2 16.0)
-    n_groups: int = 1  # expert groups for group-limited routing (1 = no limit)
-    groups_per_token: int = 1  # groups a token may choose its experts from
-    balancing: str = "aux_free"  # one of BALANCING
-    aux_loss_alpha: float = 1e-4  # alpha of the balance loss (V3 seq-wise 1e-4; V2 expert 3e-3)
-    bias_update_speed: float = 1e-3  # gamma of the aux-free bias update (V3 0.001)
-    capacity_factor: float | None = None  # None: no token is dropped
-    n_dense_layers: int = 1  # leading blocks that keep a dense FFN (V3 3, V2 1)
-    dispatch: str = "fast"  # "fast" (each expert on its own tokens) or "reference" (every expert, every token)
-
-    def __post_init__(self) -> None:
-        for name in ("n_routed_experts", "experts_per_token", "expert_ffn_dim", "n_groups",
-                     "groups_per_token"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("n_shared_experts", self.n_shared_experts, 0)
-        _check_int("n_dense_layers", self.n_dense_layers, 0)
-        for name, allowed in (("gate", GATES), ("balancing", BALANCING), ("dispatch", DISPATCH)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        _check_number("route_scale", self.route_scale, positive=True)
-        _check_number("aux_loss_alpha", self.aux_loss_alpha, positive=False)
-        _check_number("bias_update_speed", self.bias_update_speed, positive=False)
-        if self.capacity_factor is not None:
-            _check_number("capacity_factor", self.capacity_factor, positive=True)
-        E, K, G = self.n_routed_experts, self.experts_per_token, self.n_groups
-        if K > E:
-            raise ValueError(f"experts_per_token ({K}) must be <= n_routed_experts ({E}): a token "
-                             "chooses K different experts")
-        if E % G != 0:
-            raise ValueError(f"n_groups ({G}) must divide n_routed_experts ({E}) into equal groups")
-        if self.groups_per_token > G:
-            raise ValueError(f"groups_per_token ({self.groups_per_token}) must be <= n_groups ({G})")
-        if K > self.groups_per_token * (E // G):
-            raise ValueError(
-                f"experts_per_token ({K}) must be <= groups_per_token * experts per group "
-                f"({self.groups_per_token} * {E // G}): a token chooses its experts in its groups"
-            )
-
-    @property
-    def uses_bias(self) -> bool:
-        """Whether selection adds the aux-free bias (and `MoE.update_bias` changes it)."""
-        return self.balancing.startswith("aux_free")
 
 
 def expert_capacity(n_tokens: int, cfg: MoEConfig) -> int | None:
@@ -151,8 +79,7 @@ def expert_capacity(n_tokens: int, cfg: MoEConfig) -> int | None:
 
 def router_scores(logits: Float[Array, "T E"], gate: str) -> Float[Array, "T E"]:
     """Affinities s from the router logits u . e_i, in float32: sigmoid (V3) or softmax (V2)."""
-    if gate not in GATES:
-        raise ValueError(f"gate must be one of {list(GATES)}, got {gate!r}")
+    check_choice("gate", gate, MOE_GATES)
     logits = logits.astype(jnp.float32)
     return jax.nn.sigmoid(logits) if gate == "sigmoid" else jax.nn.softmax(logits, axis=-1)
 
@@ -169,14 +96,17 @@ def select_experts(
     if cfg.n_groups > 1:
         per_group = E // cfg.n_groups
         grouped = biased.reshape(T, cfg.n_groups, per_group)
-        group_score = jnp.sum(jax.lax.top_k(grouped, min(2, per_group))[0], axis=-1)  # (T, G)
+        if cfg.uses_bias:  # V3: a group's score is the sum of its two highest biased affinities
+            group_score = jnp.sum(jax.lax.top_k(grouped, min(2, per_group))[0], axis=-1)  # (T, G)
+        else:  # V2 (no bias): a group's score is its highest affinity
+            group_score = jnp.max(grouped, axis=-1)  # (T, G)
         _, best = jax.lax.top_k(group_score, cfg.groups_per_token)
         allowed = jnp.any(jax.nn.one_hot(best, cfg.n_groups, dtype=bool), axis=1)  # (T, G)
         allowed = jnp.repeat(allowed, per_group, axis=1)  # (T, E)
         biased = jnp.where(allowed, biased, -jnp.inf)
     _, indices = jax.lax.top_k(biased, cfg.experts_per_token)
     chosen = jnp.take_along_axis(scores, indices, axis=-1)  # the unbiased s of the chosen experts
-    if cfg.gate == "sigmoid":  # eq. 13: normalise over the chosen K
+    if cfg.renormalizes:  # V3 eq. 13: normalise over the chosen K (V2 keeps softmax's values)
         chosen = chosen / jnp.sum(chosen, axis=-1, keepdims=True)
     return indices, chosen * cfg.route_scale
 
@@ -308,15 +238,3 @@ class MoE(nnx.Module):
             self.aux_free_bias[...] = aux_free_bias_update(
                 self.aux_free_bias[...], load, self.moe_cfg.bias_update_speed
             )
-
-
-def moe_param_counts(cfg: ModelConfig) -> tuple[int, int]:
-    """(total, activated) parameters of one MoE layer: activated = router + shared + K routed."""
-    moe = cfg.moe
-    if not isinstance(moe, MoEConfig):
-        raise TypeError(f"cfg.moe must be a MoEConfig, got {type(moe).__name__}")
-    per_expert = 3 * cfg.d_model * moe.expert_ffn_dim  # gate, up and down projections
-    router = moe.n_routed_experts * cfg.d_model
-    shared = moe.n_shared_experts * per_expert
-    total = router + shared + moe.n_routed_experts * per_expert
-    return total, router + shared + moe.experts_per_token * per_expert
