@@ -32,7 +32,8 @@ lab: $(VENV)/.lab-installed
 
 test: $(VENV)/.dev-installed $(if $(filter 1,$(PARITY)),$(VENV)/.parity-installed)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -n 2
 
 smoke: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest tests/test_notebooks.py
@@ -58,6 +59,7 @@ data: $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -9,6 +9,12 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from minids.kernels.host_memory import keep_freed_memory
+
+# Each benchmark is its own process, training on a CPU as the command line does: keep freed host
+# memory for reuse (minids/kernels/host_memory.py), before JAX starts its threads, as the CLI does.
+keep_freed_memory()
+
 
 def log(msg: str) -> None:
     """Progress goes to stderr, so that `--json` leaves stdout to the one JSON object."""

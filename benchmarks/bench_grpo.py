@@ -47,9 +47,9 @@ from flax import nnx
 from minids.config import preset
 from minids.data import CharTokenizer, load_split
 from minids.generate import generate, generate_recompute
-from minids.grpo import (
+from minids.grpo import group_advantages
+from minids.grpo_trainer import (
     GRPOConfig,
-    group_advantages,
     grpo_step,
     make_grpo_optimizer,
     sample_groups,

@@ -31,7 +31,7 @@ Model FLOPs per trained token (the accounting of PaLM's MFU, Chowdhery et al. 20
 - Attention: QK^T and AV are 2 * 2 * T * N * H FLOPs per token per layer forward, x3 with the
   backward pass. We count the full T x T score matrix, as PaLM does, although causal masking makes
   about half of it unnecessary (minids computes 5/8 of it at T=256; see
-  `minids.attention.blockwise_causal_attention`). Attention is 14% of the counted FLOPs of `small`.
+  `minids.kernels.attention.blockwise_causal_attention`). Attention is 14% of the counted FLOPs of `small`.
 
 JSON keys (`--json`):
 

@@ -60,8 +60,13 @@ def quantize(
     - `block=None` means one scale for the whole tensor: scale is then a scalar, shape ().
 
     With `pow2_scale=True`, round every scale *up* to the next power of two (2^k with k an integer;
-    a scale that is already a power of two stays). Scales then carry only an exponent (the UE8M0
-    format DeepSeek suggests for future hardware), and multiplying by them is exact.
+    a scale that is already a power of two stays). Scales then carry only an exponent, and
+    multiplying by them is exact. DeepSeek-V3 already trained with such scales for a few
+    activations (§3.3.3): the inputs of the linear layer after attention, whose 1x128 tiles are
+    re-tiled to 128x1 for the backward pass without extra rounding error this way, and likewise
+    the activations dispatched to the MoE up-projections and the activation gradients before the
+    MoE down-projections. DeepSeek-V3.1 later stored its scales as UE8M0, an unsigned 8-bit
+    exponent with no mantissa, which can hold nothing but a power of two.
 
     Args:
         x: the matrix to quantise, (R, C), float32.

@@ -7,15 +7,13 @@ The public names, one technique per module (see README.md for the map):
 (`generate` itself stays at `minids.generate.generate`: re-exported here it would hide the module.)
 """
 
-# First, before JAX starts its CPU threads: keep freed host memory for reuse (minids/cpu_memory.py).
-from minids import cpu_memory  # noqa: F401  (importing it applies it)
-from minids.config import ModelConfig, preset
+from minids.config import FP8Config, MLAConfig, ModelConfig, MoEConfig, preset
 from minids.data import TASKS, CharTokenizer, load_local, load_split
-from minids.fp8 import FP8Config, Fp8Linear
+from minids.fp8 import Fp8Linear
 from minids.generate import generate_text, task_accuracy
-from minids.mla import MLA, MLAConfig
+from minids.mla import MLA
 from minids.model import Transformer, count_params
-from minids.moe import MoE, MoEConfig
+from minids.moe import MoE
 from minids.train import TRAIN_PRESETS, TrainConfig, fit, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"

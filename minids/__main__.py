@@ -11,14 +11,64 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, get_type_hints
+
+# The options that set a config dataclass's fields, by command. Each one's default, type, choices and
+# help come from the field itself (`_add_config_options`), so every default is written once.
+_TRAIN_FIELDS = ("steps", "batch_size", "lr", "eval_every", "seed")  # TrainConfig
+_GRPO_FIELDS = (  # GRPOConfig
+    "steps", "prompts_per_step", "group_size", "mu", "lr", "beta", "ref_refresh_every",
+    "epsilon_low", "epsilon_high", "loss_type", "scale_rewards", "ratio_level", "drop_equal_groups",
+    "temperature", "max_new_tokens", "template", "eval_every", "eval_k", "seed",
+)
+_DISTILL_FIELDS = ("steps", "seed")  # TrainConfig, the student's
+
+
+def _add_config_options(
+    parser: Any, cls: type, names: Sequence[str], *,
+    derived: Mapping[str, str] | None = None, notes: Mapping[str, str] | None = None,
+) -> None:
+    """One option per named field of the dataclass `cls`: `--batch-size` for `batch_size`. `parser`
+    is an ArgumentParser or one of its argument groups.
+
+    The field is the option's single source: its default, its type, its `metadata["choices"]` and
+    its `metadata["help"]`. `derived` names fields whose default the command takes from elsewhere
+    (a preset, another option): those options have no default here (an omitted one is absent from
+    the parsed arguments) and their help says where it comes from. `notes` adds words to a help.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = get_type_hints(cls)
+    derived, notes = derived or {}, notes or {}
+    for name in names:
+        f = fields[name]
+        if not f.metadata.get("help"):
+            raise TypeError(f"{cls.__name__}.{name} has no metadata['help'] for its option")
+        kwargs = {"dest": name, "help": f.metadata["help"] + notes.get(name, "")}
+        if types[name] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = types[name]
+            kwargs["choices"] = f.metadata.get("choices")
+        if name in derived:
+            kwargs["default"] = argparse.SUPPRESS
+            kwargs["help"] += f" (default: {derived[name]})"
+        else:
+            kwargs["default"] = f.default
+        action = parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+        action.config_field = (cls, name)  # how tests/test_cli_defaults.py tells these options apart
+
+
+def _config_values(args: argparse.Namespace, names: Sequence[str]) -> dict:
+    """The named config fields' values that the parsed arguments hold (a derived one only if given)."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from minids.config import preset
     from minids.data import load_local, load_split, shipped_data_dir
     from minids.generate import task_accuracy
@@ -30,10 +80,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.dtype:
         overrides["dtype"] = args.dtype
     cfg = preset(args.preset, **overrides)
-    tcfg = TRAIN_PRESETS[args.preset]
-    changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
-                                  ("lr", args.lr), ("eval_every", args.eval_every)) if v is not None}
-    tcfg = dataclasses.replace(tcfg, seed=args.seed, **changes)
+    tcfg = dataclasses.replace(TRAIN_PRESETS[args.preset], **_config_values(args, _TRAIN_FIELDS))
 
     if args.dataset:
         rows = load_local(args.dataset)
@@ -86,11 +133,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _grpo(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from minids.config import preset
     from minids.data import load_split
-    from minids.grpo import GRPOConfig, train_grpo
+    from minids.grpo_trainer import GRPOConfig, train_grpo
     from minids.model import Transformer
     from minids.rewards import r1_sft_examples
     from minids.train import TrainConfig, fit, load_checkpoint, save_checkpoint
@@ -99,15 +144,9 @@ def _grpo(args: argparse.Namespace) -> int:
     weights = (1.0, args.format_weight) if args.template == "r1" else (1.0,)
     if args.format_only:
         rewards, weights = ("format",), (1.0,)
-    cfg = GRPOConfig(
-        steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-        mu=args.mu, lr=args.lr, beta=args.beta, ref_refresh_every=args.ref_refresh_every,
-        epsilon_low=args.epsilon_low, epsilon_high=args.epsilon_low if args.epsilon_high is None else args.epsilon_high,
-        loss_type=args.loss_type, scale_rewards=args.scale_rewards, ratio_level=args.ratio_level,
-        drop_equal_groups=args.drop_equal_groups, temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens, template=args.template, rewards=rewards,
-        reward_weights=weights, eval_every=args.eval_every, eval_k=args.eval_k, seed=args.seed,
-    )
+    values = _config_values(args, _GRPO_FIELDS)
+    values.setdefault("epsilon_high", values["epsilon_low"])  # a symmetric clip unless told otherwise
+    cfg = GRPOConfig(**values, rewards=rewards, reward_weights=weights)
     train = [r for r in load_split("train") if r["task"] == args.task]
     held_out = [r for r in load_split("test") if r["task"] == args.task][: args.eval_prompts]
     if not train:
@@ -145,8 +184,6 @@ def _grpo(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from minids.config import preset
     from minids.data import load_split
     from minids.distill import accuracy, fit_logit_distillation, rejection_sample, task_check
@@ -168,8 +205,8 @@ def _distill(args: argparse.Namespace) -> int:
     overrides = {"max_seq_len": teacher.cfg.max_seq_len, "seed": args.seed}
     overrides.update({k: v for k, v in (("d_model", args.student_d_model), ("n_layers", args.student_layers)) if v})
     student = Transformer(preset(args.student_preset, **overrides))
-    tcfg = dataclasses.replace(TRAIN_PRESETS[args.student_preset], seed=args.seed, eval_every=0,
-                               **({"steps": args.steps} if args.steps else {}))
+    tcfg = dataclasses.replace(TRAIN_PRESETS[args.student_preset], eval_every=0,
+                               **_config_values(args, _DISTILL_FIELDS))
     print(f"teacher: {count_params(teacher):,} parameters; student ({args.student_preset}): "
           f"{count_params(student):,}")
     test = test[: args.eval_prompts]
@@ -214,6 +251,9 @@ def _cost(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minids.grpo_trainer import GRPOConfig
+    from minids.train import TrainConfig
+
     parser = argparse.ArgumentParser(
         prog="python -m minids",
         description="minids: learn DeepSeek-V3 and R1 by building them. Train a tiny model, sample from it.",
@@ -230,11 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="tiny", choices=["tiny", "small", "tiny_v3"],
                    help="model: tiny, small, or tiny_v3 (DeepSeek-V3's architecture at toy size)")
     t.add_argument("--out", default=None, help="output folder (default: runs/<preset>)")
-    t.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
-    t.add_argument("--batch-size", type=int, default=None, help="examples per step (default: the preset's)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
-    t.add_argument("--eval-every", type=int, default=None, help="validate every N steps (0: at the end)")
-    t.add_argument("--seed", type=int, default=0, help="seed for initialisation and batches")
+    from_preset = "the --preset's recipe in minids.train.TRAIN_PRESETS"
+    _add_config_options(t.add_argument_group("training (fields of minids.train.TrainConfig)"),
+                        TrainConfig, _TRAIN_FIELDS,
+                        derived=dict.fromkeys(("steps", "batch_size", "lr", "eval_every"), from_preset),
+                        notes={"seed": " and of the model's initialisation"})
     t.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="compute dtype (default float32; bfloat16 suits a GPU/TPU)")
     t.add_argument("--data", default=None, help="folder with train/val/test.jsonl (default: data/)")
@@ -272,31 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--base-steps", type=int, default=600, help="supervised steps of --train-base")
     r.add_argument("--out", default="runs/grpo", help="output folder")
     r.add_argument("--task", default="add", help="task whose prompts are used (add, sub, sort, rev, count)")
-    r.add_argument("--template", choices=["r1", "plain"], default="r1",
-                   help="r1: <think>..</think><answer>..</answer> with accuracy + format rewards; "
-                   "plain: the completion is the answer (a base from `minids train`)")
-    r.add_argument("--format-weight", type=float, default=0.5, help="weight of the format reward (r1)")
+    format_weight = dict(zip(GRPOConfig.rewards, GRPOConfig.reward_weights, strict=True))["format"]
+    r.add_argument("--format-weight", type=float, default=format_weight,
+                   help="weight of the format reward with --template r1, as in GRPOConfig.reward_weights")
     r.add_argument("--format-only", action="store_true", help="reward the format alone (reward hacking)")
-    r.add_argument("--steps", type=int, default=80)
-    r.add_argument("--prompts-per-step", type=int, default=16)
-    r.add_argument("--group-size", type=int, default=8, help="G, completions per prompt")
-    r.add_argument("--mu", type=int, default=1, help="updates per batch of rollouts")
-    r.add_argument("--lr", type=float, default=3e-4)
-    r.add_argument("--beta", type=float, default=0.0, help="KL weight (0: no reference model)")
-    r.add_argument("--ref-refresh-every", type=int, default=0, help="copy the policy into the reference every N steps")
-    r.add_argument("--epsilon-low", type=float, default=0.2)
-    r.add_argument("--epsilon-high", type=float, default=None, help="clip-higher (default: epsilon-low)")
-    r.add_argument("--loss-type", choices=["grpo", "bnpo", "dapo", "dr_grpo"], default="grpo")
-    r.add_argument("--scale-rewards", choices=["group", "batch", "none"], default="group")
-    r.add_argument("--ratio-level", choices=["token", "sequence"], default="token")
-    r.add_argument("--drop-equal-groups", action="store_true", help="DAPO's filter of zero-advantage groups")
-    r.add_argument("--temperature", type=float, default=1.0)
-    r.add_argument("--max-new-tokens", type=int, default=44)
     r.add_argument("--eval-prompts", type=int, default=500, help="held-out prompts (test split)")
-    r.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: before and after)")
-    r.add_argument("--eval-k", type=int, default=8, help="k of pass@k (0: greedy only)")
-    r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_options(
+        r.add_argument_group("GRPO (fields of minids.grpo_trainer.GRPOConfig)"), GRPOConfig, _GRPO_FIELDS,
+        derived={"epsilon_high": "--epsilon-low"},
+        notes={"template": "; r1 is rewarded for accuracy + format, plain for accuracy alone (a base "
+                           "from `minids train` answers plain)",
+               "seed": " (and of the --train-base model)"})
     r.set_defaults(func=_grpo)
 
     d = sub.add_parser(
@@ -323,10 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling temperature (sequence) or distillation temperature T (logit)")
     d.add_argument("--alpha", type=float, default=0.5, help="weight of the KL term (logit)")
     d.add_argument("--max-new-tokens", type=int, default=8)
-    d.add_argument("--steps", type=int, default=None, help="student training steps (default: the preset's)")
     d.add_argument("--eval-prompts", type=int, default=500)
-    d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
+    _add_config_options(
+        d.add_argument_group("the student's training (fields of minids.train.TrainConfig)"), TrainConfig,
+        _DISTILL_FIELDS, derived={"steps": "the --student-preset's recipe in minids.train.TRAIN_PRESETS"},
+        notes={"seed": ", the student's initialisation and the teacher's sampling"})
     d.set_defaults(func=_distill)
 
     c = sub.add_parser(
@@ -350,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from minids.kernels.host_memory import keep_freed_memory
+
+    # A training process on a CPU: keep freed host memory for reuse, before JAX starts its threads
+    # (about 15% of a `small` step's CPU time otherwise goes to page faults; see the module).
+    keep_freed_memory()
     if getattr(args, "out", "unset") is None:
         args.out = f"runs/{args.preset}"
     try:

@@ -11,9 +11,12 @@ What is counted (say it, because published figures differ in exactly these choic
   included; no MTP module. *Activated* parameters are those one token's forward pass reads: one
   row of the embedding table (D numbers, not V x D), the output head, attention, dense FFNs, and in
   a MoE layer the router, the shared experts and K of the E routed experts. With this rule the
-  calculator gives DeepSeek-V3 36.6B activated (the paper: "37B", and 36.7B in the detailed count
-  of its weights README), V2 20.9B ("21B") and V2-Lite 2.45B ("2.4B"); counting the whole
-  embedding table instead would give 37.6B, 21.4B and 2.66B.
+  calculator gives DeepSeek-V3 36.63B activated, V2 20.85B and V2-Lite 2.45B (the papers round to
+  "37B", "21B" and "2.4B" without saying how they count the embedding). Counting the whole
+  embedding table instead gives 37.55B, 21.38B and 2.66B. DeepSeek-V3's weights README uses that
+  second convention: its 36.7B activated *includes* 0.9B of embedding and 0.9B of output head. So
+  36.63B beside 36.7B is not a match; like for like, minids' 37.55B is 0.85B (2%) above it, and
+  without embedding or head minids counts 35.70B against the README's 36.7 - 0.9 - 0.9 = 34.9B.
 - **Training FLOPs per token** = 3 x the forward pass (the backward pass costs twice the forward:
   one matmul for the input gradient and one for the weight gradient), where the forward pass is
   2 FLOPs (a multiply and an add) per activated weight of every matmul (all parameters except the

@@ -1,10 +1,13 @@
 """Distillation, R1 style: a small student learns from a stronger teacher.
 
 DeepSeek-R1 §2.4 distilled R1 into small dense models (Qwen2.5 1.5B-32B, Llama 8B/70B) by the
-simplest means there is: R1 wrote about 800k solutions, the correct ones were kept (rejection
-sampling, §2.3.3), and each student was fine-tuned on them with plain next-token cross-entropy. No
-RL on the student. §4.1 (Table 6) then found that distilling from the big model beat running the
-same large-scale RL on the small one. Both kinds of distillation are here:
+simplest means there is: each student was fine-tuned with plain next-token cross-entropy, no RL,
+on about 800k samples curated for R1's own third training stage (§2.3.3). About 600k of them
+are reasoning samples, rejection-sampled from the checkpoint of the second, reasoning-oriented RL
+stage: several answers per prompt, only the correct (and readable) ones kept. The other ~200k are
+non-reasoning samples (writing, factual QA, self-cognition, translation) reused from DeepSeek-V3's
+supervised data pipeline. §4.1 (Table 6) then found that distilling from the big model beat running
+the same large-scale RL on the small one. Both kinds of distillation are here:
 
 - **Sequence level** (what R1 did): `rejection_sample` lets the teacher sample `samples_per_prompt`
   completions per prompt, keeps up to `keep_per_prompt` distinct ones that the answer checker

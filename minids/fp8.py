@@ -42,7 +42,7 @@ Tiles always run along the GEMM's contraction axis, so that one scale per operan
 weight); Wgrad x^T and dy^T re-quantized as 1x128 tiles along the tokens (V3 §3.5.2: 128x1 tiles
 of x and dy).
 
-Shapes (as in moe.grouped_matmul): M rows (tokens), I inputs (the contraction axis), O outputs.
+Shapes: M rows (tokens), I inputs (the contraction axis), O outputs; the MoE experts add E.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from minids.config import FP8_FORMATS, FP8Config, check_accumulator, check_block
+from minids.kernels import fp8_accumulate as kernel_fp8
 
 
 class Fp8Format(NamedTuple):
@@ -142,7 +143,7 @@ def quantize(
     axes = (-3, -1) if block is not None else tuple(range(x32.ndim))
     amax = jnp.max(jnp.abs(tiles), axis=axes)  # (..., R/br, C/bc) or ()
     scale = jnp.maximum(amax, _AMAX_FLOOR) / f.max
-    if pow2_scale:  # the smallest power of two >= scale: UE8M0, V3's suggestion for future GPUs
+    if pow2_scale:  # the smallest power of two >= scale (V3 §3.3.3 for some activations; UE8M0, V3.1)
         mantissa, exponent = jnp.frexp(scale)
         scale = jnp.ldexp(jnp.ones_like(scale), jnp.where(mantissa == 0.5, exponent - 1, exponent))
     spread = scale if block is None else scale[..., :, None, :, None]
@@ -208,6 +209,27 @@ def fp8_expert_output(y: Float[Array, "... M O"], cfg: FP8Config) -> Float[Array
     return quantize_grad(y, cfg.grad_fmt, cfg.blocks()[2], cfg.pow2_scale)
 
 
+def fp8_expert_hooks(cfg: FP8Config | None):
+    """(quantize an expert GEMM's input, quantize an expert GEMM output's gradient): identities
+    without FP8. The MoE dispatches put them around each routed-expert GEMM."""
+    if cfg is None:
+        return (lambda x: x), (lambda y: y)
+    return (lambda x: fp8_expert_activation(x, cfg)), (lambda y: fp8_expert_output(y, cfg))
+
+
+def fp8_expert_inputs(x, w_gate, w_up, w_down, cfg: FP8Config | None):
+    """The routed experts' inputs in simulated FP8 (DeepSeek-V3 §3.3): tokens in 1x128 tiles, each
+    expert's weights in 128x128 blocks; with `fp8_expert_hooks` the hidden activation in 1x128
+    tiles and every expert GEMM's output gradient in 1x128 tiles, so Fprop, Dgrad and Wgrad all
+    read FP8 values. Not simulated for the experts, unlike `Fp8Linear`: the limited-precision
+    accumulator (expert GEMMs add in float32) and Wgrad's re-tiling along tokens (it reuses the
+    1x128 tiles of the activations and gradients). Gate and up are quantized as separate
+    matrices, so every dispatch sees the same FP8 values. Unchanged without FP8."""
+    if cfg is None:
+        return x, w_gate, w_up, w_down
+    return (fp8_expert_activation(x, cfg), *(fp8_expert_weights(w, cfg) for w in (w_gate, w_up, w_down)))
+
+
 # ------------------------------------------------------------------------------- delayed scaling
 
 
@@ -239,58 +261,6 @@ def _truncate(x: Float[Array, "..."], bits: int) -> Float[Array, "..."]:
 _EXACT = jax.lax.Precision.HIGHEST  # float32 products even where the default is TF32 (GPUs)
 
 
-def _pad_contraction(a, b, multiple: int):
-    pad = (-a.shape[1]) % multiple  # zeros add nothing, and trunc(acc + 0) = acc
-    return jnp.pad(a, ((0, 0), (0, pad))), jnp.pad(b, ((0, pad), (0, 0)))
-
-
-def limited_precision_matmul(
-    a: Float[Array, "M I"], b: Float[Array, "I O"], acc_mantissa_bits: int | None = 13,
-    k_slice: int = 32, promote_every: int | None = 128,
-) -> Float[Array, "M O"]:
-    """a @ b through a tensor-core accumulator of `acc_mantissa_bits` fraction bits (module docstring)."""
-    check_accumulator(acc_mantissa_bits, k_slice, promote_every)
-    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    if acc_mantissa_bits is None:
-        return jnp.dot(a, b, precision=_EXACT, preferred_element_type=jnp.float32)
-    a, b = _pad_contraction(a, b, promote_every or k_slice)
-    (M, n_in), n_out = a.shape, b.shape[1]
-    window = promote_every or n_in  # elements between promotions
-    n_windows, W = n_in // window, window // k_slice  # W: slices (MMA instructions) per window
-
-    def window_sum(a_w, b_w):  # (m, window) @ (window, O) through the limited accumulator
-        m = a_w.shape[0]
-
-        def mma(acc, ab):
-            return _truncate(acc + jnp.dot(*ab, precision=_EXACT), acc_mantissa_bits), None
-
-        slices = (a_w.reshape(m, W, k_slice).transpose(1, 0, 2), b_w.reshape(W, k_slice, n_out))
-        acc = jnp.zeros((m, n_out), jnp.float32)
-        if W > 8:
-            return jax.lax.scan(mma, acc, slices)[0]
-        for w in range(W):  # unrolled, so that XLA fuses each add-and-truncate with its neighbours
-            acc = mma(acc, (slices[0][w], slices[1][w]))[0]
-        return acc
-
-    def rows_sum(a_m):  # (m, I) @ (I, O): the windows one after the other, promoted in float32
-        m = a_m.shape[0]
-        if n_windows == 1:
-            return window_sum(a_m, b)
-        windows = (a_m.reshape(m, n_windows, window).transpose(1, 0, 2),
-                   b.reshape(n_windows, window, n_out))
-        promote = lambda total, ab: (total + window_sum(*ab), None)  # noqa: E731
-        return jax.lax.scan(promote, jnp.zeros((m, n_out), jnp.float32), windows)[0]
-
-    # Rows in chunks whose accumulator fits in a CPU core's cache (about 1 MB): the sums above pass
-    # over the accumulator once per slice, which is memory-bound when it does not (4x slower).
-    rows = max(8, 1 << max(0, (2**18 // n_out).bit_length() - 1))
-    if M <= rows:
-        return rows_sum(a)
-    n_chunks = -(-M // rows)
-    chunks = jnp.pad(a, ((0, n_chunks * rows - M), (0, 0))).reshape(n_chunks, rows, n_in)
-    return jax.lax.map(rows_sum, chunks).reshape(n_chunks * rows, n_out)[:M]
-
-
 def limited_precision_matmul_reference(
     a: Float[Array, "M I"], b: Float[Array, "I O"], acc_mantissa_bits: int | None = 13,
     k_slice: int = 32, promote_every: int | None = 128,
@@ -307,6 +277,12 @@ def limited_precision_matmul_reference(
         if promote_every is not None and (start + k_slice) % promote_every == 0:
             total, acc = total + acc, jnp.zeros_like(acc)  # promote every N_C elements
     return total + acc
+
+
+# Kernel choice: the same arithmetic as `limited_precision_matmul_reference`, bit for bit
+# (tests/test_kernels.py), scanned over promotion windows on row chunks that fit a CPU cache, where the
+# unrolled loop above would compile one slice at a time; fast enough to train with.
+limited_precision_matmul = kernel_fp8.limited_precision_matmul
 
 
 def fp8_matmul(
@@ -373,14 +349,41 @@ class Fp8Linear(nnx.Module):
     """A bias-free linear layer whose three GEMMs run in simulated FP8; master weights float32."""
 
     def __init__(self, d_in: int, d_out: int, cfg: FP8Config, *, dtype=jnp.float32,
-                 param_dtype=jnp.float32, kernel_init=_LECUN, rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, kernel_init=_LECUN, rngs: nnx.Rngs | None = None,
+                 kernel: nnx.Param | None = None):
         if not isinstance(cfg, FP8Config):
             raise TypeError(f"cfg must be an FP8Config, got {type(cfg).__name__}")
         self.fp8, self.dtype = cfg, dtype
-        # Same key and shape as nnx.Linear's kernel: an fp8 model starts from the fp32 model's weights.
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (d_in, d_out), param_dtype))
+        if kernel is None:  # same key and shape as nnx.Linear's kernel
+            if rngs is None:
+                raise ValueError("Fp8Linear needs rngs to initialise its kernel, or a kernel to hold")
+            kernel = nnx.Param(kernel_init(rngs.params(), (d_in, d_out), param_dtype))
+        if tuple(kernel.shape) != (d_in, d_out):
+            raise ValueError(f"kernel must have shape (d_in, d_out) = {(d_in, d_out)}, got {kernel.shape}")
+        self.kernel = kernel
 
     def __call__(self, x: Float[Array, "... I"]) -> Float[Array, "... O"]:
         rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)  # (M, I), one row per token
         y = fp8_linear(rows, self.kernel[...].astype(jnp.float32), self.fp8)
         return y.reshape(*x.shape[:-1], -1).astype(self.dtype)
+
+
+def use_fp8_linears(model: nnx.Module, cfg: FP8Config, *, keep: tuple[nnx.Module, ...] = ()) -> None:
+    """Run every linear layer of `model` in FP8: each bias-free `nnx.Linear` inside it, except those
+    in `keep`, becomes an `Fp8Linear` holding the very same weight, so an fp8 model starts from
+    its fp32 twin's weights and checkpoints have the same layout. V3 keeps the output head (and the
+    embedding, the norms and the router, which are not `nnx.Linear`) in higher precision (§3.3.1)."""
+    swaps = [(path, linear) for path, linear in nnx.iter_modules(model)
+             if isinstance(linear, nnx.Linear) and not any(linear is k for k in keep)]
+    for path, linear in swaps:
+        if linear.use_bias:
+            raise ValueError(f"use_fp8_linears converts bias-free layers only; {path} has a bias")
+        parent = model
+        for key in path[:-1]:
+            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+        fp8 = Fp8Linear(linear.in_features, linear.out_features, cfg, dtype=linear.dtype or jnp.float32,
+                        kernel=linear.kernel)
+        if isinstance(path[-1], int):
+            parent[path[-1]] = fp8
+        else:
+            setattr(parent, path[-1], fp8)

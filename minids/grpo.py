@@ -21,7 +21,8 @@ reference model is needed. The group mean is the baseline that the critic gives 
 completions all score the same has zero advantage and teaches nothing.
 
 DeepSeek-R1-Zero (R1 §2.2) ran exactly this on a base model with two rewards, accuracy and format,
-and AIME pass@1 went from 15.6% to 71.0%. Later work changed the details; `GRPOConfig` selects them:
+and AIME pass@1 went from 15.6% to 71.0%. Later work changed the details; these fields of
+`minids.grpo_trainer.GRPOConfig` select them:
 
 - `loss_type` (how the per-token terms l_it, masked by the completion mask, are averaged):
     grpo      1/G sum_i (1/|o_i| sum_t l_it)            DeepSeekMath eq. 3
@@ -39,121 +40,36 @@ and AIME pass@1 went from 15.6% to 71.0%. Later work changed the details; `GRPOC
   then samples more prompts; here they are only dropped).
 - `mu`: updates per batch of rollouts (DeepSeekMath's "iterations"; mu > 1 makes the ratio matter).
 
-The trainer (`train_grpo`) samples the G completions of each prompt with the jitted KV-cache
-generator (`minids.generate`), scores them, and then runs `grpo_step`, one compiled update, mu times.
-It logs mean reward, accuracy, format rate, KL, clip fraction, completion length and the fraction of
-groups with zero advantage, and evaluates on held-out prompts (greedy accuracy and pass@k).
+This module is the objective and nothing else: pure functions of log-probs, rewards and masks, no
+model and no sampling. `grpo_loss` reads its knobs from any object that has them (`LossSettings`;
+a `GRPOConfig` does). Everything around it (sampling the groups with the KV-cache generator,
+grading them, the update loop that runs `grpo_loss` mu times per batch, held-out evaluation, and
+`GRPOConfig` itself) is `minids.grpo_trainer`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float
 
-from minids.data import CharTokenizer
-from minids.generate import generate, left_pad
-from minids.model import Transformer
-from minids.rewards import REWARDS, TEMPLATES, RewardFn, format_reward
+from minids.config import check_choice
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
 RATIO_LEVELS = ("token", "sequence")
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+class LossSettings(Protocol):
+    """What `grpo_loss` reads from its config (a `minids.grpo_trainer.GRPOConfig` has all of it)."""
 
-
-def _check_number(name: str, value: Any, low: float, high: float = math.inf, *, open_low=True) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low) and value < high
-    if not ok:
-        bound = f"> {low}" if open_low else f">= {low}"
-        raise ValueError(f"{name} must be a finite number {bound}" + (f" and < {high}" if high < math.inf
-                         else "") + f", got {value!r}")
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class GRPOConfig:
-    """Everything a GRPO run needs besides the model and the prompts; validated when made."""
-
-    steps: int = 100  # rounds of (sample, grade, update mu times)
-    prompts_per_step: int = 16
-    group_size: int = 8  # G, completions per prompt
-    mu: int = 1  # updates per batch of rollouts
-    lr: float = 3e-4
-    beta: float = 0.0  # weight of the KL to the reference; 0 = no reference model
-    ref_refresh_every: int = 0  # copy the policy into the reference every N steps (0 = never)
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    loss_type: str = "grpo"
-    scale_rewards: str = "group"
-    ratio_level: str = "token"
-    drop_equal_groups: bool = False
-    adv_eps: float = 1e-4  # the eps in (r - mean) / (std + eps)
-    temperature: float = 1.0
-    max_new_tokens: int = 32
-    template: str = "r1"  # "r1": answer inside <answer> tags; "plain": the completion is the answer
-    rewards: tuple[str, ...] = ("accuracy", "format")  # names in minids.rewards.REWARDS
-    reward_weights: tuple[float, ...] = (1.0, 0.5)
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
-    eval_every: int = 0  # evaluate on held-out prompts every N steps (0 = before and after only)
-    eval_k: int = 8  # pass@k samples per held-out prompt (0 = greedy only)
-    ckpt_every: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_int("steps", self.steps, 1)
-        _check_int("prompts_per_step", self.prompts_per_step, 1)
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
-            raise ValueError(f"group_size must be an integer >= 2 (advantages compare the completions of "
-                             f"a group with each other), got {self.group_size!r}")
-        for name in ("mu", "max_new_tokens"):
-            _check_int(name, getattr(self, name), 1)
-        for name in ("ref_refresh_every", "eval_every", "eval_k", "ckpt_every", "seed"):
-            _check_int(name, getattr(self, name), 0)
-        _check_number("lr", self.lr, 0.0, 1.0)
-        _check_number("beta", self.beta, 0.0, open_low=False)
-        _check_number("epsilon_low", self.epsilon_low, 0.0, 1.0)
-        _check_number("epsilon_high", self.epsilon_high, 0.0)
-        _check_number("adv_eps", self.adv_eps, 0.0, open_low=False)
-        _check_number("temperature", self.temperature, 0.0)
-        _check_number("grad_clip", self.grad_clip, 0.0)
-        _check_number("weight_decay", self.weight_decay, 0.0, 1.0, open_low=False)
-        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
-        _check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
-        _check_choice("ratio_level", self.ratio_level, RATIO_LEVELS)
-        _check_choice("template", self.template, TEMPLATES)
-        if not isinstance(self.drop_equal_groups, bool):
-            raise ValueError(f"drop_equal_groups must be a bool, got {self.drop_equal_groups!r}")
-        if not isinstance(self.rewards, tuple) or not self.rewards:
-            raise ValueError(f"rewards must be a non-empty tuple of names, got {self.rewards!r}")
-        for name in self.rewards:
-            _check_choice("rewards", name, tuple(REWARDS))
-        if not isinstance(self.reward_weights, tuple) or len(self.reward_weights) != len(self.rewards):
-            raise ValueError(f"reward_weights must be a tuple with one weight per reward "
-                             f"({len(self.rewards)}), got {self.reward_weights!r}")
-        for w in self.reward_weights:
-            _check_number("reward_weights", w, -math.inf)
+    group_size: int  # G: rows come G at a time, the completions of one prompt
+    loss_type: str  # one of LOSS_TYPES
+    ratio_level: str  # one of RATIO_LEVELS
+    epsilon_low: float
+    epsilon_high: float
+    beta: float  # weight of the k3 KL; 0 leaves it out
 
 
 # ---------------------------------------------------------------------------- the objective
@@ -167,7 +83,7 @@ def group_advantages(
     scale "group": the std of the row (population std, ddof 0); "batch": the std of all rewards;
     "none": no division (Dr. GRPO). A row of equal rewards gives zeros in every case.
     """
-    _check_choice("scale", scale, SCALE_REWARDS)
+    check_choice("scale", scale, SCALE_REWARDS)
     # A group of equal rewards is exactly zero, not mean-rounding noise divided by a tiny std.
     equal = jnp.max(rewards, axis=1, keepdims=True) == jnp.min(rewards, axis=1, keepdims=True)
     centred = jnp.where(equal, 0.0, rewards - jnp.mean(rewards, axis=1, keepdims=True))
@@ -211,7 +127,7 @@ def aggregate(
     Rows are completions, G consecutive rows per prompt. A row with an all-False mask (a dropped
     group) counts in neither the numerator nor the denominator, except in dr_grpo's constant.
     """
-    _check_choice("loss_type", loss_type, LOSS_TYPES)
+    check_choice("loss_type", loss_type, LOSS_TYPES)
     m = mask.astype(per_token.dtype)
     total = per_token * m
     tokens = jnp.sum(m, axis=1)  # |o_i|
@@ -236,7 +152,7 @@ def grpo_loss(
     old_logp: Float[Array, "B T"],
     advantages: Float[Array, " B"],
     mask: Bool[Array, "B T"],
-    cfg: GRPOConfig,
+    cfg: LossSettings,
     ref_logp: Float[Array, "B T"] | None = None,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """The loss to minimise, -J, and diagnostics (KL, clip fraction, mean ratio).
@@ -266,267 +182,3 @@ def grpo_loss(
         "ratio_mean": jnp.sum(jnp.where(mask, rho, 0.0)) / n_tokens,
     }
     return loss, metrics
-
-
-# ----------------------------------------------------------------------------------- rollouts
-
-
-@dataclass
-class Rollouts:
-    """A batch of completions, G consecutive rows per prompt, and everything the update needs."""
-
-    examples: list[dict[str, str]]  # one per row (each prompt's row repeated G times)
-    texts: list[str]  # decoded completions, cut at EOS
-    prompt_tokens: np.ndarray  # (B, P) left-padded prompts
-    prompt_mask: np.ndarray  # (B, P) False for padding
-    tokens: np.ndarray  # (B, T) sampled tokens, PAD after EOS
-    mask: np.ndarray  # (B, T) the completion mask: True up to and including EOS
-    logprobs: np.ndarray  # (B, T) log-prob of each token under the sampling policy (temperature 1)
-    rewards: np.ndarray  # (B,) the weighted sum of the reward functions
-    components: dict[str, np.ndarray]  # (B,) each reward function's score
-
-
-def completion_mask(tokens: Int[Array, "B T"], eos_id: int = CharTokenizer.EOS) -> np.ndarray:
-    """True for every generated token up to and including the first EOS (all of them if none)."""
-    tokens = np.asarray(tokens)
-    T = tokens.shape[1]
-    is_eos = tokens == eos_id
-    ends = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1) + 1, T)
-    return np.arange(T)[None, :] < ends[:, None]
-
-
-def score_rewards(
-    examples: Sequence[Mapping[str, str]], texts: Sequence[str], reward_fns: Mapping[str, RewardFn],
-    weights: Sequence[float],
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Each reward function on each (example, completion), and their weighted sum."""
-    components = {name: np.array([fn(ex, t) for ex, t in zip(examples, texts, strict=True)],
-                                 dtype=np.float32) for name, fn in reward_fns.items()}
-    total = sum(w * c for w, c in zip(weights, components.values(), strict=True))
-    return np.asarray(total, np.float32), components
-
-
-def _reward_setup(cfg: GRPOConfig, reward_fns: Mapping[str, RewardFn] | None):
-    """The reward functions and weights: cfg's named rewards, or the given functions, weight 1 each."""
-    if reward_fns is None:
-        return {name: REWARDS[name] for name in cfg.rewards}, list(cfg.reward_weights)
-    if not reward_fns or not all(callable(fn) for fn in reward_fns.values()):
-        raise ValueError("reward_fns must map names to callables reward(example, completion) -> float")
-    return dict(reward_fns), [1.0] * len(reward_fns)
-
-
-def sample_groups(
-    model: Transformer, examples: Sequence[Mapping[str, str]], cfg: GRPOConfig, key: Array,
-    reward_fns: Mapping[str, RewardFn] | None = None, tokenizer: CharTokenizer | None = None,
-) -> Rollouts:
-    """G completions per example, sampled with the KV-cache generator, then graded."""
-    tokenizer = tokenizer or CharTokenizer()
-    reward_fns, weights = _reward_setup(cfg, reward_fns)
-    rows = [dict(ex) for ex in examples for _ in range(cfg.group_size)]
-    prompts = [tokenizer.encode(ex["prompt"], bos=True) for ex in rows]
-    gen = generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                   key=key)
-    prompt_tokens, prompt_mask = left_pad(prompts, tokenizer.PAD)
-    texts = [tokenizer.decode(row) for row in gen.tokens]
-    rewards, components = score_rewards(rows, texts, reward_fns, weights)
-    return Rollouts(rows, texts, prompt_tokens, prompt_mask, gen.tokens, completion_mask(gen.tokens),
-                    gen.logprobs, rewards, components)
-
-
-def _logprobs(model, prompt_tokens, prompt_mask, tokens, temperature):
-    """log pi(o_t | q, o_<t) of each completion token, by one teacher-forced pass (B, T)."""
-    B, P = prompt_tokens.shape
-    seq = jnp.concatenate([prompt_tokens, tokens], axis=1)
-    key_mask = jnp.concatenate([prompt_mask, jnp.ones(tokens.shape, bool)], axis=1)
-    positions = jnp.maximum(jnp.cumsum(key_mask.astype(jnp.int32), axis=1) - 1, 0)
-    logits = model(seq, positions, key_mask=key_mask)[:, P - 1 : -1] / temperature  # (B, T, V)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
-
-
-@nnx.jit
-def score_completions(
-    model: Transformer, prompt_tokens: Int[Array, "B P"], prompt_mask: Bool[Array, "B P"],
-    tokens: Int[Array, "B T"], temperature: Array | float,
-) -> Float[Array, "B T"]:
-    """Per-token log-probs of the completions under `model` (for pi_old with mu > 1, and pi_ref).
-
-    P is the left-padded prompt width; the logits are divided by the sampling temperature."""
-    return _logprobs(model, prompt_tokens, prompt_mask, tokens, temperature)
-
-
-@nnx.jit(static_argnames=("cfg",))
-def grpo_step(model, optimizer, batch: dict[str, Array], cfg: GRPOConfig):
-    """One gradient step on -J. With no "old_logp" in the batch (mu = 1) pi_old is pi_theta itself,
-    held constant, so every ratio is exactly 1."""
-
-    def loss_fn(model):
-        logp = _logprobs(model, batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"],
-                         batch["temperature"])
-        old = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
-        return grpo_loss(logp, old, batch["advantages"], batch["mask"], cfg, batch.get("ref_logp"))
-
-    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    optimizer.update(model, grads)
-    return {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-
-def make_grpo_optimizer(model: Transformer, cfg: GRPOConfig) -> nnx.Optimizer:
-    """AdamW at a constant learning rate, gradients clipped by global norm."""
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.adamw(cfg.lr, b1=0.9, b2=0.99, weight_decay=cfg.weight_decay))
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-
-# --------------------------------------------------------------------------------- evaluation
-
-
-def evaluate_policy(
-    model: Transformer, examples: Sequence[Mapping[str, str]], *, template: str = "r1",
-    max_new_tokens: int = 32, k: int = 0, temperature: float = 1.0, key: Array | None = None,
-    tokenizer: CharTokenizer | None = None,
-) -> dict[str, float]:
-    """Greedy accuracy and format rate on held-out examples, and pass@k (any of k samples right)."""
-    _check_choice("template", template, TEMPLATES)
-    tokenizer = tokenizer or CharTokenizer()
-    acc_fn = REWARDS["accuracy" if template == "r1" else "plain_accuracy"]
-    prompts = [tokenizer.encode(ex["prompt"], bos=True) for ex in examples]
-    greedy = [tokenizer.decode(r) for r in generate(model, prompts, max_new_tokens=max_new_tokens).tokens]
-    out = {"accuracy": float(np.mean([acc_fn(ex, t) for ex, t in zip(examples, greedy, strict=True)])),
-           "format_rate": float(np.mean([format_reward(ex, t) for ex, t in zip(examples, greedy, strict=True)]))}
-    if k > 0:
-        key = jax.random.key(0) if key is None else key
-        gen = generate(model, [p for p in prompts for _ in range(k)], max_new_tokens=max_new_tokens,
-                       temperature=temperature, key=key)
-        hits = np.array([acc_fn(examples[i // k], tokenizer.decode(r)) for i, r in enumerate(gen.tokens)])
-        out[f"pass@{k}"] = float(hits.reshape(-1, k).max(axis=1).mean())
-        out["sample_accuracy"] = float(hits.mean())
-    return out
-
-
-# ------------------------------------------------------------------------------------ trainer
-
-
-@dataclass
-class GRPOHistory:
-    """Per-step training metrics, and held-out evaluations at `eval_step`."""
-
-    step: list[int] = field(default_factory=list)
-    reward: list[float] = field(default_factory=list)
-    accuracy: list[float] = field(default_factory=list)  # of the sampled completions
-    format_rate: list[float] = field(default_factory=list)
-    kl: list[float] = field(default_factory=list)
-    clip_frac: list[float] = field(default_factory=list)
-    completion_len: list[float] = field(default_factory=list)  # tokens, EOS included
-    zero_adv_frac: list[float] = field(default_factory=list)  # groups whose rewards are all equal
-    loss: list[float] = field(default_factory=list)
-    eval_step: list[int] = field(default_factory=list)
-    eval: list[dict[str, float]] = field(default_factory=list)
-    gen_seconds: float = 0.0  # sampling and grading
-    update_seconds: float = 0.0  # scoring (pi_ref, pi_old) and the mu updates
-    seconds: float = 0.0  # the steps, not counting evaluations
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def train_grpo(
-    model: Transformer,
-    train_examples: Sequence[Mapping[str, str]],
-    cfg: GRPOConfig = GRPOConfig(),
-    *,
-    eval_examples: Sequence[Mapping[str, str]] | None = None,
-    reward_fns: Mapping[str, RewardFn] | None = None,
-    ckpt_dir: Path | str | None = None,
-    progress: bool = True,
-    callback: Callable[[int, dict[str, float]], None] | None = None,
-) -> GRPOHistory:
-    """Improve `model` in place with GRPO on `train_examples`' prompts; returns the history.
-
-    `reward_fns` (name -> function) replaces the rewards named in `cfg` (weights then 1 each). With
-    `eval_examples`, evaluates before step 0, every `cfg.eval_every` steps and at the end.
-    """
-    from minids.train import _progress_bar, save_checkpoint
-
-    if not isinstance(cfg, GRPOConfig):
-        raise TypeError(f"cfg must be a GRPOConfig, got {type(cfg).__name__}")
-    if len(train_examples) < cfg.prompts_per_step:
-        raise ValueError(f"prompts_per_step ({cfg.prompts_per_step}) must not exceed the number of "
-                         f"training prompts ({len(train_examples)})")
-    _reward_setup(cfg, reward_fns)  # validate before any work
-    acc_name = "accuracy" if cfg.template == "r1" else "plain_accuracy"
-    optimizer = make_grpo_optimizer(model, cfg)
-    ref_model = nnx.clone(model) if cfg.beta > 0 else None
-    history = GRPOHistory()
-    key = jax.random.key(cfg.seed)
-    temperature = jnp.float32(cfg.temperature)
-
-    eval_seconds = 0.0
-
-    def run_eval(step):
-        nonlocal eval_seconds
-        if eval_examples:
-            t = time.perf_counter()
-            m = evaluate_policy(model, eval_examples, template=cfg.template, k=cfg.eval_k,
-                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                key=jax.random.fold_in(key, 10**9 + step))
-            history.eval_step.append(step)
-            history.eval.append(m)
-            eval_seconds += time.perf_counter() - t
-
-    run_eval(0)
-    eval_seconds, t_start = 0.0, time.perf_counter()
-    for step in _progress_bar(range(cfg.steps), disable=not progress):
-        idx = np.random.default_rng([cfg.seed, step]).choice(len(train_examples), cfg.prompts_per_step,
-                                                               replace=False)
-        t0 = time.perf_counter()
-        roll = sample_groups(model, [train_examples[i] for i in idx], cfg,
-                             jax.random.fold_in(key, step), reward_fns)
-        grouped = jnp.asarray(roll.rewards.reshape(-1, cfg.group_size))
-        advantages = group_advantages(grouped, cfg.scale_rewards, cfg.adv_eps).reshape(-1)
-        equal = np.ptp(roll.rewards.reshape(-1, cfg.group_size), axis=1) == 0
-        mask = roll.mask
-        if cfg.drop_equal_groups:  # DAPO's filter: those groups leave the loss altogether
-            mask = mask & ~np.repeat(equal, cfg.group_size)[:, None]
-        batch = {"prompt_tokens": jnp.asarray(roll.prompt_tokens),
-                 "prompt_mask": jnp.asarray(roll.prompt_mask), "tokens": jnp.asarray(roll.tokens),
-                 "mask": jnp.asarray(mask), "advantages": advantages, "temperature": temperature}
-        jax.block_until_ready(advantages)
-        t1 = time.perf_counter()  # sampling and grading above; scoring and updating below
-        seqs = (batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], temperature)
-        if ref_model is not None:
-            batch["ref_logp"] = score_completions(ref_model, *seqs)
-        if cfg.mu > 1:
-            batch["old_logp"] = score_completions(model, *seqs)
-        for _ in range(cfg.mu):
-            metrics = grpo_step(model, optimizer, batch, cfg)
-        metrics = {k: float(v) for k, v in metrics.items()}
-        t2 = time.perf_counter()
-        history.gen_seconds += t1 - t0
-        history.update_seconds += t2 - t1
-        if not math.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"non-finite GRPO loss at step {step}: {metrics}")
-        if ref_model is not None and cfg.ref_refresh_every and (step + 1) % cfg.ref_refresh_every == 0:
-            nnx.update(ref_model, nnx.state(model))
-        pairs = list(zip(roll.examples, roll.texts, strict=True))
-        row = {"reward": float(roll.rewards.mean()),
-               "accuracy": float(np.mean([REWARDS[acc_name](ex, t) for ex, t in pairs])),
-               "format_rate": float(np.mean([format_reward(ex, t) for ex, t in pairs])),
-               "kl": metrics["kl"], "clip_frac": metrics["clip_frac"],
-               "completion_len": float(roll.mask.sum(axis=1).mean()),
-               "zero_adv_frac": float(equal.mean()), "loss": metrics["loss"]}
-        history.step.append(step)
-        for name, value in row.items():
-            getattr(history, name).append(value)
-        if callback is not None:
-            callback(step, row)
-        done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-            run_eval(done)
-        if ckpt_dir is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0:
-            save_checkpoint(ckpt_dir, model, step=done, history=history, train_cfg=cfg)
-    history.seconds = time.perf_counter() - t_start - eval_seconds
-    run_eval(cfg.steps)
-    if ckpt_dir is not None:
-        save_checkpoint(ckpt_dir, model, step=cfg.steps, history=history, train_cfg=cfg)
-    return history

@@ -1,31 +1,48 @@
-"""Load a Hugging Face `DeepseekV3ForCausalLM` folder (config.json + safetensors) into minids.
+"""Load a Hugging Face DeepSeek-V2 or DeepSeek-V3 folder (config.json + safetensors) into minids.
 
-`load_hf_deepseek_v3(path)` returns `(cfg, model)`: a minids `ModelConfig` with the same
-architecture and a `Transformer` holding the same weights, so that both give the same logits
-(`tests/test_hf_parity.py` checks this against transformers to 1e-4 in float32). Nothing is
-downloaded: `path` is a local folder, e.g. one written by `save_pretrained`.
+`load_hf_deepseek(path)` reads a local `DeepseekV2ForCausalLM` or `DeepseekV3ForCausalLM` folder,
+chosen by its `model_type` (or, failing that, its `architectures`), and returns `(cfg, model)`: a
+minids `ModelConfig` with the same architecture and a `Transformer` holding the same weights, so that
+both give the same logits (`tests/test_hf_parity.py` checks this against transformers to 1e-4 in
+float32). `load_hf_deepseek_v3` and `load_hf_deepseek_v2` do the same for one family only. Nothing
+is downloaded: `path` is a local folder, e.g. one written by `save_pretrained`.
 
 The details that make a port subtly wrong, and what this loader does with each:
 
 - **RoPE pairing.** DeepSeek's weights rotate interleaved channel pairs (0, 1), (2, 3), ...
-  (`rope_interleave`, true by default); minids rotates (i, i + R/2). Permuting the rope output
-  rows of the query and shared-key projections to [0, 2, 4, ..., 1, 3, 5, ...] makes one equal
-  the other, since queries and keys are permuted alike and their dot products are unchanged.
+  (V3: `rope_interleave`, true by default; V2: always, transformers views adjacent pairs as complex
+  numbers); minids rotates (i, i + R/2). Permuting the rope output rows of the query and shared-key
+  projections to [0, 2, 4, ..., 1, 3, 5, ...] makes one equal the other, since queries and keys are
+  permuted alike and their dot products are unchanged.
+- **Router scores.** V3: sigmoid affinities (V3 eq. 15); V2: a softmax over all routed experts
+  (V2 §2.2, eq. 22). minids' `MoEConfig.gate`.
 - **Score-correction bias.** `e_score_correction_bias` is V3's aux-free bias b: it goes to
-  `MoE.aux_free_bias` and only affects which experts are chosen, never the gate values.
-- **Group-limited top-k.** Groups ranked by the sum of their two best biased scores,
-  `topk_group` of `n_group` kept: minids' `n_groups` / `groups_per_token`.
-- **Gates.** Sigmoid scores of the chosen experts, normalised over them (`norm_topk_prob`),
-  times `routed_scaling_factor` (minids' `route_scale`).
+  `MoE.aux_free_bias` and only affects which experts are chosen, never the gate values. V2 has no
+  such bias, so its config gets a balancing loss (`aux_loss`, or `seq_aux_loss` where `seq_aux` is
+  set), never `aux_free`; the loss only matters in training and does not change the logits.
+- **Group-limited top-k** (`n_group` groups, `topk_group` kept: minids' `n_groups` /
+  `groups_per_token`). V3 ranks the groups by the sum of their two best biased scores; V2's
+  `topk_method="group_limited_greedy"` ranks them by their single best score (V2 §2.2.2,
+  device-limited routing). minids' `select_experts` applies the first rule when the config uses the
+  aux-free bias and the second when it does not, which is what the balancing above selects. V2's
+  `greedy` ignores the groups: one group.
+- **Gates.** The chosen experts' scores, times `routed_scaling_factor` (minids' `route_scale`),
+  normalised over the K chosen first when `norm_topk_prob` is set (minids'
+  `MoEConfig.norm_topk_prob`). V3 defaults to normalising; V2 never normalises: transformers'
+  `DeepseekV2ForCausalLM` ignores `norm_topk_prob`, so a V2 config must leave it false (every
+  released V2 checkpoint does) rather than leave the intended numbers in doubt.
 - **Untied embeddings**, the **RMSNorm eps** of the blocks (`rms_norm_eps`; the MLA latent norms
   use 1e-6 in DeepSeek's code whatever it says, as minids does), the **leading dense layers**
-  (`first_k_dense_replace`), and the expert weights stored either per expert
-  (`experts.{i}.gate_proj`) or fused (`experts.gate_up_proj`).
+  (`first_k_dense_replace`), **uncompressed queries** (`q_lora_rank` null, as in V2-Lite: minids'
+  `q_lora_rank=0`), and the expert weights stored either per expert (`experts.{i}.gate_proj`) or
+  fused (`experts.gate_up_proj`).
 
-Settings minids does not implement raise `ValueError` instead of loading something that would
-quietly compute other numbers: a RoPE scaling type (e.g. YaRN), attention biases, un-normalised
-top-k gates, a scoring function other than sigmoid, fewer key/value heads than heads. Weights of
-multi-token prediction layers (beyond `num_hidden_layers`) are not loaded.
+Settings minids does not implement raise `ValueError` naming the field and what is allowed, instead
+of loading something that would quietly compute other numbers: a RoPE scaling type (e.g. YaRN, which
+the released V2 and V3 checkpoints use), attention or MLP biases, a scoring function other than the
+family's own, another `topk_method`, fewer key/value heads than heads, MoE layers interleaved with
+dense ones (`moe_layer_freq` > 1). Weights of multi-token prediction layers (beyond
+`num_hidden_layers`) are not loaded.
 """
 
 from __future__ import annotations
@@ -36,62 +53,126 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from minids.config import ModelConfig
-from minids.mla import MLAConfig
+from minids.config import MLAConfig, ModelConfig, MoEConfig
 from minids.model import Transformer
-from minids.moe import MoEConfig
+
+# model_type -> the transformers class name of each family this module reads
+FAMILIES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
 
 
 def _unsupported(field: str, value, allowed: str) -> ValueError:
     return ValueError(f"config.json: {field} = {value!r} is not supported by minids ({allowed})")
 
 
-def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
-    """A minids `ModelConfig` for a Hugging Face DeepSeek-V3 `config.json` (as a dict)."""
-    if hf.get("model_type") != "deepseek_v3":
-        raise _unsupported("model_type", hf.get("model_type"), "only 'deepseek_v3'")
+def model_type_of(hf: dict) -> str:
+    """'deepseek_v2' or 'deepseek_v3' from a config.json dict: its `model_type`, else `architectures`."""
+    kind = hf.get("model_type")
+    if kind is None:  # a hand-written config: fall back on the class name
+        by_class = {name: key for key, name in FAMILIES.items()}
+        kinds = {by_class[a] for a in hf.get("architectures") or () if a in by_class}
+        if len(kinds) == 1:
+            return kinds.pop()
+        raise _unsupported("model_type / architectures", hf.get("architectures"),
+                           f"model_type one of {sorted(FAMILIES)} or architectures one of "
+                           f"{sorted(FAMILIES.values())}")
+    if kind not in FAMILIES:
+        raise _unsupported("model_type", kind, f"one of {sorted(FAMILIES)}")
+    return kind
+
+
+def _check(hf: dict, checks) -> None:
+    """Raise for the first (field, default, allowed values, rule) whose value is not allowed."""
+    for field, default, allowed, rule in checks:
+        value = hf.get(field, default)
+        if value not in allowed:
+            raise _unsupported(field, value, rule)
+
+
+def _common(hf: dict) -> tuple[dict, float]:
+    """The checks and fields V2 and V3 share: attention, norms, RoPE, dense FFN, embeddings."""
     rope = hf.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default" or hf.get("rope_scaling"):
         raise _unsupported("rope scaling", hf.get("rope_scaling") or rope_type,
-                           "plain RoPE only; YaRN and other scalings are not implemented")
-    checks = [
-        ("hidden_act", hf.get("hidden_act", "silu"), "silu", "SwiGLU with silu only"),
-        ("attention_bias", hf.get("attention_bias", False), False, "projections without biases only"),
-        ("norm_topk_prob", hf.get("norm_topk_prob", True), True, "gates normalised over the top-k only"),
-        ("scoring_func", hf.get("scoring_func", "sigmoid"), "sigmoid", "sigmoid router only"),
-        ("topk_method", hf.get("topk_method", "noaux_tc"), "noaux_tc", "V3's noaux_tc routing only"),
-        ("pretraining_tp", hf.get("pretraining_tp", 1), 1, "1 only"),
-    ]
-    for field, value, allowed, rule in checks:
-        if value != allowed:
-            raise _unsupported(field, value, rule)
+                           "plain RoPE only (rope_type 'default'); YaRN and other scalings are not "
+                           "implemented")
+    _check(hf, [
+        ("hidden_act", "silu", ("silu",), "'silu' only: SwiGLU"),
+        ("attention_bias", False, (False,), "false only: projections without biases"),
+        ("mlp_bias", False, (False,), "false only: feed-forward layers without biases"),
+        ("pretraining_tp", 1, (1, None), "1 only"),
+        ("moe_layer_freq", 1, (1,), "1 only: every layer after first_k_dense_replace is MoE"),
+    ])
     n_heads = hf["num_attention_heads"]
-    if hf.get("num_key_value_heads", n_heads) != n_heads:
+    if hf.get("num_key_value_heads") not in (None, n_heads):
         raise _unsupported("num_key_value_heads", hf.get("num_key_value_heads"),
                            f"MLA expands to all {n_heads} heads; it must equal num_attention_heads")
-    n_layers = hf["num_hidden_layers"]
     mla = MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=hf["kv_lora_rank"],
                     qk_nope_head_dim=hf["qk_nope_head_dim"], qk_rope_head_dim=hf["qk_rope_head_dim"],
                     v_head_dim=hf["v_head_dim"])
-    n_dense = hf.get("first_k_dense_replace", 0)
+    fields = dict(
+        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+        n_heads=n_heads, n_kv_heads=n_heads, head_dim=hf["qk_rope_head_dim"],
+        ffn_dim=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 4096),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), mla=mla,
+    )
+    theta = float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+    return fields, theta
+
+
+def _moe_v3(hf: dict, n_dense: int) -> MoEConfig:
+    _check(hf, [
+        ("scoring_func", "sigmoid", ("sigmoid",), "'sigmoid' only for DeepSeek-V3"),
+        ("topk_method", "noaux_tc", ("noaux_tc",), "'noaux_tc' only: V3's routing"),
+        ("norm_topk_prob", True, (True, False, None), "true, false or null (= false, as in transformers)"),
+    ])
+    return MoEConfig(
+        n_routed_experts=hf["n_routed_experts"], n_shared_experts=hf.get("n_shared_experts") or 0,
+        experts_per_token=hf["num_experts_per_tok"], expert_ffn_dim=hf["moe_intermediate_size"],
+        gate="sigmoid", norm_topk_prob=bool(hf.get("norm_topk_prob", True)),  # absent: true; null: false
+        route_scale=float(hf.get("routed_scaling_factor", 1.0)),
+        n_groups=hf.get("n_group") or 1, groups_per_token=hf.get("topk_group") or 1,
+        balancing="aux_free+seq_aux_loss", n_dense_layers=n_dense,
+    )
+
+
+def _moe_v2(hf: dict, n_dense: int) -> MoEConfig:
+    _check(hf, [
+        ("scoring_func", "softmax", ("softmax",), "'softmax' only for DeepSeek-V2"),
+        ("topk_method", "greedy", ("greedy", "group_limited_greedy"),
+         "'greedy' or 'group_limited_greedy'"),
+        ("norm_topk_prob", False, (False, None),
+         "false only: transformers' DeepseekV2 never renormalises the top-k gates (it ignores this "
+         "field) while DeepSeek's original code renormalises and drops routed_scaling_factor, so the "
+         "intended numbers are ambiguous"),
+    ])
+    groups, kept = 1, 1  # greedy: a plain top-k over all experts
+    if hf.get("topk_method", "greedy") == "group_limited_greedy":
+        for field in ("n_group", "topk_group"):
+            if not isinstance(hf.get(field), int) or hf[field] < 1:
+                raise _unsupported(field, hf.get(field),
+                                   "a positive int with topk_method 'group_limited_greedy'")
+        groups, kept = hf["n_group"], hf["topk_group"]
+    return MoEConfig(
+        n_routed_experts=hf["n_routed_experts"], n_shared_experts=hf.get("n_shared_experts") or 0,
+        experts_per_token=hf["num_experts_per_tok"], expert_ffn_dim=hf["moe_intermediate_size"],
+        gate="softmax", norm_topk_prob=False, route_scale=float(hf.get("routed_scaling_factor", 1.0)),
+        n_groups=groups, groups_per_token=kept,
+        # no aux-free bias: select_experts then ranks groups by their best score, as V2 does
+        balancing="seq_aux_loss" if hf.get("seq_aux") else "aux_loss", n_dense_layers=n_dense,
+    )
+
+
+def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
+    """A minids `ModelConfig` for a Hugging Face DeepSeek-V2 or -V3 `config.json` (as a dict)."""
+    kind = model_type_of(hf)
+    fields, theta = _common(hf)
+    n_layers, n_dense = fields["n_layers"], hf.get("first_k_dense_replace") or 0
     moe = None
     if n_dense < n_layers:
-        moe = MoEConfig(
-            n_routed_experts=hf["n_routed_experts"], n_shared_experts=hf.get("n_shared_experts", 0),
-            experts_per_token=hf["num_experts_per_tok"], expert_ffn_dim=hf["moe_intermediate_size"],
-            gate="sigmoid", route_scale=float(hf.get("routed_scaling_factor", 1.0)),
-            n_groups=hf.get("n_group") or 1, groups_per_token=hf.get("topk_group") or 1,
-            balancing="aux_free+seq_aux_loss", n_dense_layers=n_dense,
-        )
-    return ModelConfig(
-        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=n_layers, n_heads=n_heads,
-        n_kv_heads=n_heads, head_dim=hf["qk_rope_head_dim"], ffn_dim=hf["intermediate_size"],
-        max_seq_len=hf.get("max_position_embeddings", 4096),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), dtype=dtype,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), mla=mla, moe=moe,
-    )
+        moe = (_moe_v3 if kind == "deepseek_v3" else _moe_v2)(hf, n_dense)
+    return ModelConfig(**fields, rope_theta=theta, dtype=dtype, moe=moe)
 
 
 def _read_safetensors(folder: Path) -> dict[str, np.ndarray]:
@@ -188,20 +269,34 @@ def _load_moe(moe, w: _Weights, prefix: str, cfg: ModelConfig) -> None:
     _set(moe.routed_down, down.transpose(0, 2, 1), f"{prefix}.experts (down)")
     if moe.shared_experts is not None:
         _load_swiglu(moe.shared_experts, w, f"{prefix}.shared_experts")
+    else:  # transformers' V2 builds a zero-width shared MLP when n_shared_experts is 0
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            key = f"{prefix}.shared_experts.{name}.weight"
+            if w.has(key) and w.take(key).size:
+                raise ValueError(f"{key} holds weights but the config has n_shared_experts = 0")
 
 
-def load_hf_deepseek_v3(path: str | Path, *, dtype: str = "float32") -> tuple[ModelConfig, Transformer]:
-    """Read a local `DeepseekV3ForCausalLM` folder; return (minids config, minids model with its weights)."""
+def load_hf_deepseek(path: str | Path, *, dtype: str = "float32",
+                     family: str | None = None) -> tuple[ModelConfig, Transformer]:
+    """Read a local DeepSeek-V2 or -V3 folder; return (minids config, minids model with its weights).
+
+    `family` ('deepseek_v2' or 'deepseek_v3'), when given, is checked against the folder's config.
+    """
     folder = Path(path)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{folder} has no config.json: pass a folder written by save_pretrained")
     hf = json.loads(config_file.read_text())
+    kind = model_type_of(hf)
+    if family is not None and kind != family:
+        raise _unsupported("model_type", kind, f"{family!r} for this loader; load_hf_deepseek reads "
+                           f"any of {sorted(FAMILIES)}")
     cfg = config_from_hf(hf, dtype=dtype)
     w = _Weights(_read_safetensors(folder))
     model = Transformer(cfg)
     _set(model.embed.embed.embedding, w.take("model.embed_tokens.weight"), "model.embed_tokens.weight")
-    interleaved = bool(hf.get("rope_interleave", True))
+    # V2 always rotates interleaved pairs (transformers ignores any rope_interleave); V3 may not
+    interleaved = kind == "deepseek_v2" or bool(hf.get("rope_interleave", True))
     for i, block in enumerate(model.blocks):
         prefix = f"model.layers.{i}"
         _set(block.attn_norm.scale, w.take(f"{prefix}.input_layernorm.weight"), f"{prefix}.input_layernorm")
@@ -220,3 +315,13 @@ def load_hf_deepseek_v3(path: str | Path, *, dtype: str = "float32") -> tuple[Mo
     if left:
         raise ValueError(f"the checkpoint has weights minids does not know where to put: {left[:8]}")
     return cfg, model
+
+
+def load_hf_deepseek_v3(path: str | Path, *, dtype: str = "float32") -> tuple[ModelConfig, Transformer]:
+    """Read a local `DeepseekV3ForCausalLM` folder; return (minids config, minids model with its weights)."""
+    return load_hf_deepseek(path, dtype=dtype, family="deepseek_v3")
+
+
+def load_hf_deepseek_v2(path: str | Path, *, dtype: str = "float32") -> tuple[ModelConfig, Transformer]:
+    """Read a local `DeepseekV2ForCausalLM` folder (V2, V2-Lite); return (minids config, minids model)."""
+    return load_hf_deepseek(path, dtype=dtype, family="deepseek_v2")

@@ -8,7 +8,10 @@ RoPE (Su et al., 2021, "RoFormer", eq. 34) encodes position by rotating pairs of
 by an angle proportional to the position: channel pair i at position m turns by m * theta^(-2i/H).
 A dot product of two rotated vectors then depends only on the *difference* of their positions, which
 is the property `tests/test_layers.py` checks. minids pairs channel i with channel i + H/2 (the
-"rotate half" layout used by LLaMA and by DeepSeek's released code after its weight permutation).
+"rotate half" layout of LLaMA). DeepSeek's own inference code rotates interleaved pairs (2i,
+2i + 1) instead, and Hugging Face's DeepSeek-V3 permutes the channels into halves at run time; the
+two layouts give the same attention once the projection weights are permuted to match, which is
+what minids' loader (`minids.hf`) does to the weights it reads.
 
 SwiGLU (Shazeer, 2020) is the feed-forward block of LLaMA and DeepSeek:
 `down(silu(gate(x)) * up(x))`.
@@ -22,7 +25,6 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from minids.config import ModelConfig
-from minids.fp8 import Fp8Linear
 
 
 class RMSNorm(nnx.Module):
@@ -58,22 +60,14 @@ def apply_rope(
     return rotated.astype(x.dtype)
 
 
-def dense(
-    d_in: int, d_out: int, cfg: ModelConfig, *, rngs: nnx.Rngs, scale: float = 1.0,
-    high_precision: bool = False,
-) -> nnx.Module:
+def dense(d_in: int, d_out: int, cfg: ModelConfig, *, rngs: nnx.Rngs, scale: float = 1.0) -> nnx.Linear:
     """A bias-free linear layer in the config's compute and parameter dtypes.
 
     Weights ~ N(0, scale / d_in): `scale < 1` is used for the projections that write into the
     residual stream, so that the stream's variance does not grow with depth at initialisation.
-    `high_precision=True` marks a layer that stays out of FP8 when `cfg.fp8` is set (the output
-    head, as in DeepSeek-V3 §3.3.1); every other layer is then a `minids.fp8.Fp8Linear`, drawn
-    from the same key, so an fp8 model starts from the same weights as its fp32 twin.
+    (With `cfg.fp8`, the model turns these layers into `minids.fp8.Fp8Linear`s once built.)
     """
     init = nnx.initializers.variance_scaling(scale, "fan_in", "normal")
-    if cfg.fp8 is not None and not high_precision:
-        return Fp8Linear(d_in, d_out, cfg.fp8, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                         kernel_init=init, rngs=rngs)
     return nnx.Linear(
         d_in, d_out, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
         kernel_init=init, rngs=rngs,

@@ -25,8 +25,9 @@ Two ways to decode from the latent cache (both tested equal to the full-sequence
   Work per step grows as S·C·N·(Hn + Hv).
 - absorbed (V2 §2.1.2): q_nope · (W_UK c_kv) = (W_UK^T q_nope) · c_kv, so fold W_UK into the query
   once per step and score against the latents directly; likewise apply W_UV after the weighted sum
-  of latents. Attention then runs in latent space, like multi-query attention with one key/value
-  head of width C + R, and the per-step work grows only as S·N·(C + R).
+  of latents. Attention then runs in latent space, like multi-query attention with one key of
+  width C + R and one value of width C: per new token, scoring costs S·N·(C + R) and the weighted
+  sum of latents S·N·C, so the work grows only as S·N·(2C + R).
 
 Why decoupled RoPE: RoPE multiplies a key by a position-dependent rotation, RoPE(W_UK c_kv) =
 Rot(s) W_UK c_kv, and Rot(s) sits between the query and W_UK, so W_UK can no longer be folded into
@@ -42,14 +43,14 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from minids.attention import (
-    _MASKED,
+    MASKED,
     attention_mask,
-    causal_attention,
     dot_product_attention,
     is_full_causal_pass,
     write_cache,
 )
 from minids.config import MLAConfig, ModelConfig
+from minids.kernels import attention as kernel_attention
 from minids.layers import RMSNorm, apply_rope, dense
 
 # The RMSNorms on the query and key/value latents use this eps whatever `ModelConfig.norm_eps` says,
@@ -190,8 +191,10 @@ class MLA(nnx.Module):
             c_kv, k_rope = cache["c_kv"], cache["k_rope"]
         q = jnp.concatenate([q_nope, q_rope], axis=-1)  # (B, T, N, Hn + R)
         if is_full_causal_pass(cache, key_mask, index):
-            k, v = self.expand(c_kv, k_rope)  # training: full keys for T tokens, the fast path
-            out = causal_attention(q, k, v, self.scale)
+            k, v = self.expand(c_kv, k_rope)  # training: full keys for T tokens
+            # Kernel: the same numbers as `minids.attention.causal_self_attention(q, k, v,
+            # self.scale)`, faster (minids/kernels/attention.py; tests/test_kernels.py).
+            out = kernel_attention.causal_attention(q, k, v, self.scale)
         else:
             mask = attention_mask(T, c_kv.shape[1], index, key_mask)
             if self.decode == "absorbed" and cache is not None:
@@ -206,7 +209,7 @@ class MLA(nnx.Module):
         """Attend in latent space: scores against c_kv, weighted sum of c_kv, then W_UV."""
         w_uk, w_uv = self.up_projections()
         scores = absorbed_scores(q_nope, q_rope, c_kv, k_rope, w_uk, self.scale)  # (B, N, T, S)
-        scores = jnp.where(mask[:, None, :, :], scores, _MASKED)
+        scores = jnp.where(mask[:, None, :, :], scores, MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(c_kv.dtype)
         latent_out = jnp.einsum("BNTS,BSC->BTNC", probs, c_kv)
         return jnp.einsum("BTNC,CNH->BTNH", latent_out, w_uv)

@@ -27,6 +27,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from minids.attention import Attention
 from minids.config import ModelConfig, moe_param_counts, param_counts
+from minids.fp8 import use_fp8_linears
 from minids.layers import Embedding, RMSNorm, SwiGLU, dense
 from minids.mla import MLA
 from minids.moe import MoE
@@ -96,10 +97,9 @@ class Transformer(nnx.Module):
             [Block(cfg, use_moe=i >= n_dense, rngs=rngs) for i in range(cfg.n_layers)]
         )
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
-        self.lm_head = (
-            None if cfg.tie_embeddings
-            else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs, high_precision=True)
-        )
+        self.lm_head = None if cfg.tie_embeddings else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs)
+        if cfg.fp8 is not None:  # every linear layer's GEMMs in FP8, the output head kept out (V3 §3.3.1)
+            use_fp8_linears(self, cfg.fp8, keep=(self.lm_head,) if self.lm_head is not None else ())
 
     def _logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
         B, T, D = x.shape

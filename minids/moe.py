@@ -16,17 +16,24 @@ The block adds u_t; this module returns the two sums, with g scaled by `route_sc
 released code does. DeepSeek-V2 (arXiv 2405.04434, §2.2) used softmax affinities and kept the top-K
 of them as they are, without renormalising; `MoEConfig.gate` picks either router.
 
-Group-limited routing. The experts are split into `n_groups` equal groups (in V3, the GPUs of a
-node). A token ranks the groups by the sum of the two highest biased scores in each, keeps the best
-`groups_per_token`, and chooses its K experts inside those only, which bounds how many devices its
-activations travel to.
+Group-limited routing. The experts are split into `n_groups` equal groups (in V2 the devices, in
+V3 the nodes holding them). A token ranks the groups, keeps the best `groups_per_token`, and chooses
+its K experts inside those only, which bounds how many devices (V2 §2.2.1) or nodes (V3 §2.1.2) its
+activations travel to. V2 ranks a group by the highest affinity in it; V3, with the balancing bias,
+by the sum of the two highest biased affinities in it (DeepSeek's released `Gate` does the same:
+the maximum without a bias, the top-2 sum with one). `select_experts` follows the bias: top-2 sum
+with `aux_free`, the maximum otherwise.
 
 Balance. Left alone, a router sends most tokens to a few experts that then improve fastest: a
 collapse. `MoEConfig.balancing` picks a remedy:
 
-- `aux_loss`, V2's expert-level loss: alpha * sum_i f_i P_i, with f_i = E/(K T) * (tokens sent to
-  expert i) and P_i the mean affinity for i. At perfect balance with a uniform router it equals
-  alpha; its gradient lowers the affinity of experts that are both busy and preferred.
+- `aux_loss`: alpha * sum_i f_i P_i over the whole batch, with f_i = E/(K T) * (tokens sent to
+  expert i) and P_i the mean affinity for i: the GShard / Switch Transformer style of loss. At
+  perfect balance with a uniform router it equals alpha; its gradient lowers the affinity of
+  experts that are both busy and preferred. (V2's expert-level loss, eqs. 23-25, is this sum
+  taken per sequence, which `seq_aux_loss` computes; V2 also added device-level and
+  communication-level balance losses over its devices, eqs. 26-31, which need expert
+  parallelism and are not here.)
 - `seq_aux_loss`, V3 eqs. 17-20: the same loss per sequence, affinities normalised over all experts.
 - `aux_free`, V3's auxiliary-loss-free balancing: no loss. The bias b_i above is used to choose
   experts and never in g. After each training step b_i -= gamma if expert i received more than its
@@ -41,13 +48,17 @@ nothing, and the token keeps its shared experts and its residual. V3 drops no to
 c = 1.0 in training, the lowest-affinity assignments of each device first. minids drops the latest
 tokens first, as GShard and Switch do, which a hand-worked example can follow.
 
-Dispatch (minids/moe_dispatch.py). `dispatch_reference` runs every expert on every token and keeps
-the chosen results (E/K times the work, plainly correct). `dispatch_fast` queues the T*K (token,
-expert) pairs by expert and runs each expert on its own queue only: a grouped matmul in fixed-size
-blocks, a fair share of slots per expert and overflow blocks for the busier ones, then combines.
-Both drop the same assignments and give the same outputs and gradients (tests/test_moe.py). With
-`cfg.fp8` set, both run the routed experts' GEMMs on simulated FP8 values (V3 §3.3); the router
-stays float32.
+Dispatch. `dispatch_reference` runs every expert on every token and keeps the chosen results (E/K
+times the work, plainly correct): the plain form. `MoE` runs the kernel chosen in one line of
+`MoE.__call__` instead, `minids.kernels.moe_dispatch.dispatch`, which runs each expert on its own
+tokens only (blocks of rows on a CPU, `jax.lax.ragged_dot` on a GPU/TPU) and gives the same outputs,
+drops and gradients (tests/test_moe.py). With `cfg.fp8` set, both run the routed experts' GEMMs on
+simulated FP8 values (V3 §3.3); the router stays float32.
+
+Measuring balance. Each layer reports MaxVio = max_i load_i / mean load - 1 (0 when perfectly
+balanced), the measure of Wang et al. 2024 (arXiv 2408.15664), the aux-loss-free balancing paper
+V3 cites; their MaxVio comparisons of aux-free against aux-loss balancing are theirs. V3 itself
+(§4.5) compares the two by model quality, not by MaxVio.
 
 Shapes (letters of minids/model.py): T counts all tokens of the batch (B*T flattened), D model width,
 E routed experts, K experts per token, F expert width.
@@ -60,11 +71,12 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
-from minids.config import MOE_GATES, ModelConfig, MoEConfig, check_choice
+from minids.config import MOE_GATES, FP8Config, ModelConfig, MoEConfig, check_choice
+from minids.fp8 import fp8_expert_hooks, fp8_expert_inputs
+from minids.kernels import moe_dispatch as kernel_moe
 from minids.layers import SwiGLU
-from minids.moe_dispatch import dispatch_fast, dispatch_reference
 
 
 def expert_capacity(n_tokens: int, cfg: MoEConfig) -> int | None:
@@ -139,7 +151,7 @@ def _balance_loss(scores: Float[Array, "T E"], indices: Int[Array, "T K"]) -> Fl
 def expert_aux_loss(
     scores: Float[Array, "T E"], indices: Int[Array, "T K"], alpha: float
 ) -> Float[Array, ""]:
-    """V2's expert-level balance loss over the whole batch: alpha * sum_i f_i P_i."""
+    """A balance loss over the whole batch (GShard / Switch style): alpha * sum_i f_i P_i."""
     return alpha * _balance_loss(scores, indices)
 
 
@@ -160,6 +172,51 @@ def aux_free_bias_update(
 
 class AuxFreeBias(nnx.Variable):
     """The aux-free balancing bias b: model state that checkpoints keep, but not an `nnx.Param`."""
+
+
+# ----------------------------------------------------------------------------------- dispatch
+
+
+def queue_places(expert: Int[Array, " P"], n_experts: int) -> Int[Array, " P"]:
+    """Each (token, expert) pair's place in its expert's queue: how many earlier pairs (in token
+    order) chose the same expert. A running count per expert, no sort."""
+    choice = jax.nn.one_hot(expert, n_experts, dtype=jnp.int32)  # (P, E)
+    return jnp.sum((jnp.cumsum(choice, axis=0) - 1) * choice, axis=1)
+
+
+def check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down) -> None:
+    (T, D), (E, _, F) = x.shape, w_gate.shape
+    if indices.shape != gates.shape or indices.shape[0] != T or w_up.shape != (E, D, F) \
+            or w_gate.shape != (E, D, F) or w_down.shape != (E, F, D):
+        raise ValueError(
+            "dispatch needs x (T, D), indices and gates (T, K), w_gate and w_up (E, D, F), w_down "
+            f"(E, F, D); got {x.shape}, {indices.shape}, {gates.shape}, {w_gate.shape}, "
+            f"{w_up.shape}, {w_down.shape}"
+        )
+
+
+def dispatch_reference(
+    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
+    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
+    capacity: int | None = None, fp8: FP8Config | None = None,
+) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
+    """Every expert on every token, then a gate-weighted sum of the chosen: (y, kept assignments)."""
+    check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
+    T, K = indices.shape
+    E = w_gate.shape[0]
+    fp8_in, fp8_out = fp8_expert_hooks(fp8)
+    x, w_gate, w_up, w_down = fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
+    gate = fp8_out(jnp.einsum("TD,EDF->ETF", x, w_gate))
+    hidden = fp8_in(jax.nn.silu(gate) * fp8_out(jnp.einsum("TD,EDF->ETF", x, w_up)))
+    out = fp8_out(jnp.einsum("ETF,EFD->ETD", hidden, w_down))  # expert e's output for every token
+    choice = jax.nn.one_hot(indices, E, dtype=jnp.int32)  # (T, K, E)
+    kept = jnp.ones((T, K), dtype=bool)
+    if capacity is not None:  # queue position: earlier (token, slot) pairs that chose the same expert
+        position = queue_places(indices.reshape(T * K), E).reshape(T, K)
+        kept = position < capacity
+    combine = jnp.einsum("TKE,TK->TE", choice.astype(jnp.float32), jnp.where(kept, gates, 0.0))
+    y = jnp.einsum("TE,ETD->TD", combine, out.astype(jnp.float32))
+    return y.astype(x.dtype), kept
 
 
 # -------------------------------------------------------------------------------------- layer
@@ -205,7 +262,10 @@ class MoE(nnx.Module):
         scores = router_scores(logits, moe.gate)
         bias = self.aux_free_bias[...] if moe.uses_bias else jnp.zeros((E,), jnp.float32)
         indices, gates = select_experts(scores, bias, moe)
-        dispatch = dispatch_fast if moe.dispatch == "fast" else dispatch_reference
+        # Kernel choice: "fast" runs each expert on its own tokens only, K/E of the reference's
+        # expert FLOPs (blocks on a CPU, `jax.lax.ragged_dot` on a GPU/TPU), equal to
+        # `dispatch_reference` in value, drops and gradient (tests/test_kernels.py).
+        dispatch = kernel_moe.dispatch if moe.dispatch == "fast" else dispatch_reference
         cdt = self.compute_dtype
         routed, kept = dispatch(
             tokens.astype(cdt), indices, gates, self.routed_gate[...].astype(cdt),
@@ -226,7 +286,7 @@ class MoE(nnx.Module):
         load = expert_load(indices, E)
         stats = {
             "load": load,  # (E,), fraction of the routed assignments, before any dropping
-            "max_vio": jnp.max(load) * E - 1.0,  # max load / mean load - 1, V3's MaxVio
+            "max_vio": jnp.max(load) * E - 1.0,  # max load / mean load - 1: MaxVio (Wang et al. 2024)
             "dropped_frac": 1.0 - jnp.mean(kept.astype(jnp.float32)),
             "aux_loss": aux_loss,  # already multiplied by alpha; 0 without a loss term
         }

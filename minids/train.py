@@ -36,51 +36,40 @@ import numpy as np
 import optax
 from flax import nnx
 
-from minids.config import ModelConfig
+from minids.config import ModelConfig, check_int, check_number
 from minids.data import CharTokenizer, batch_indices, encode_examples
 from minids.model import Transformer
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 3e-3  # peak learning rate
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 250  # 0 = only at the end
-    eval_examples: int = 512  # validation examples per evaluation
-    ckpt_every: int = 0  # 0 = only at the end (when a checkpoint folder is given)
-    seed: int = 0
+    """One training run's recipe; validated when made. Each field's metadata holds its help text
+    (the CLI's options read their defaults and help from here)."""
+
+    steps: int = field(default=2000, metadata={"help": "training steps"})
+    batch_size: int = field(default=64, metadata={"help": "examples per step"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=100, metadata={"help": "steps of linear warmup from 0 to lr"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "the cosine decays to lr * min_lr_ratio"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only, not norms)"})
+    b1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    b2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradients' global norm"})
+    eval_every: int = field(default=250, metadata={"help": "validate every N steps (0: only at the end)"})
+    eval_examples: int = field(default=512, metadata={"help": "validation examples per evaluation"})
+    ckpt_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    seed: int = field(default=0, metadata={"help": "seed of the batch order"})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            check_int(name, getattr(self, name), 1)
         for name in ("warmup_steps", "eval_every", "ckpt_every", "seed", "eval_examples"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        for name in ("lr", "min_lr_ratio", "weight_decay", "b1", "b2", "grad_clip"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
-            raise ValueError(f"lr must be in (0, 1), got {self.lr!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if not 0 <= self.weight_decay < 1:
-            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
-        for name in ("b1", "b2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
+            check_int(name, getattr(self, name), 0)
+        check_number("lr", self.lr, 0.0, 1.0, low_open=True, high_open=True)
+        check_number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        for name in ("weight_decay", "b1", "b2"):
+            check_number(name, getattr(self, name), 0.0, 1.0, high_open=True)
+        check_number("grad_clip", self.grad_clip, 0.0, low_open=True)
 
 
 @dataclass
@@ -313,7 +302,7 @@ def fit(
 
     schedule = lr_schedule(cfg)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    bar = _progress_bar(range(start, end), initial=start, total=cfg.steps, disable=not progress)
+    bar = progress_bar(range(start, end), initial=start, total=cfg.steps, disable=not progress)
     t0 = time.perf_counter()
     for step in bar:
         idx = batch_indices(len(train["inputs"]), cfg.batch_size, step, cfg.seed)
@@ -349,7 +338,8 @@ def fit(
     return history
 
 
-def _progress_bar(iterable, **kwargs):
+def progress_bar(iterable, **kwargs):
+    """A tqdm progress bar over `iterable` (`disable=True` hides it); `fit` and `train_grpo` use it."""
     from tqdm.auto import tqdm  # a widget in Jupyter, a text bar in a terminal
 
     return tqdm(iterable, **kwargs)

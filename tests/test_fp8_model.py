@@ -13,8 +13,9 @@ from flax import nnx
 from minids.config import ModelConfig
 from minids.data import CharTokenizer, encode_examples, load_split
 from minids.fp8 import FP8Config, Fp8Linear, fake_quantize
+from minids.kernels.moe_dispatch import dispatch_blocks, dispatch_ragged
 from minids.model import Transformer
-from minids.moe import MoEConfig, dispatch_fast, dispatch_reference, select_experts
+from minids.moe import MoEConfig, dispatch_reference, select_experts
 from minids.train import TrainConfig, load_checkpoint, make_optimizer, save_checkpoint, train_step
 
 MOE = MoEConfig(n_routed_experts=4, n_shared_experts=1, experts_per_token=2, expert_ffn_dim=16,
@@ -45,7 +46,7 @@ def test_precision_setting_and_config_round_trip(cfg):
     assert ModelConfig.from_dict(custom.to_dict()) == custom  # JSON lists back to tuples
     with pytest.raises(ValueError, match="precision must be one of"):
         cfg.with_precision("fp4")
-    with pytest.raises(ValueError, match="fp8 must be None or a minids.fp8.FP8Config"):
+    with pytest.raises(ValueError, match="fp8 must be None or a minids.config.FP8Config"):
         cfg.replace(fp8={"fmt": "e4m3"})
 
 
@@ -119,12 +120,13 @@ def _dispatch_grads(dispatch, fp8, x, indices, gates, w, probe):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(x, *w)
 
 
-def test_fp8_experts_fast_and_reference_dispatch_agree_and_stay_close_to_fp32():
+@pytest.mark.parametrize("kernel", [dispatch_blocks, dispatch_ragged], ids=["blocks", "ragged"])
+def test_fp8_experts_dispatch_kernels_agree_with_the_reference_and_stay_close_to_fp32(kernel):
     x, indices, gates, w, probe = _moe_inputs()
     fp8 = FP8Config()
-    value_fast, grads_fast = _dispatch_grads(dispatch_fast, fp8, x, indices, gates, w, probe)
+    value_fast, grads_fast = _dispatch_grads(kernel, fp8, x, indices, gates, w, probe)
     value_ref, grads_ref = _dispatch_grads(dispatch_reference, fp8, x, indices, gates, w, probe)
-    value_32, grads_32 = _dispatch_grads(dispatch_fast, None, x, indices, gates, w, probe)
+    value_32, grads_32 = _dispatch_grads(kernel, None, x, indices, gates, w, probe)
     assert _rel(value_fast, value_ref) < 1e-5
     for g_fast, g_ref, g_32 in zip(grads_fast, grads_ref, grads_32, strict=True):
         assert _rel(g_fast, g_ref) < 1e-5
@@ -134,14 +136,14 @@ def test_fp8_experts_fast_and_reference_dispatch_agree_and_stay_close_to_fp32():
 def test_fp8_experts_run_their_forward_on_quantized_values():
     x, indices, gates, w, _ = _moe_inputs(seed=1)
     fp8 = FP8Config()
-    got = jax.jit(lambda *a: dispatch_fast(*a, fp8=fp8)[0])(x, indices, gates, *w)
+    got = jax.jit(lambda *a: dispatch_blocks(*a, fp8=fp8)[0])(x, indices, gates, *w)
     q = [fake_quantize(t, "e4m3", b) for t, b in ((x, (1, 128)), *((wi, (128, 128)) for wi in w))]
     gate_up = [jnp.einsum("TD,EDF->ETF", q[0], wi) for wi in q[1:3]]
     hidden = fake_quantize(jax.nn.silu(gate_up[0]) * gate_up[1], "e4m3", (1, 128))
     out = jnp.einsum("ETF,EFD->ETD", hidden, q[3])
     want = jnp.einsum("TKE,TK,ETD->TD", jax.nn.one_hot(indices, 4), gates, out)
     assert _rel(got, want) < 1e-5
-    assert _rel(got, jax.jit(lambda *a: dispatch_fast(*a)[0])(x, indices, gates, *w)) > 1e-4
+    assert _rel(got, jax.jit(lambda *a: dispatch_blocks(*a)[0])(x, indices, gates, *w)) > 1e-4
 
 
 def test_fp8_moe_model_trains(cfg):

@@ -1,4 +1,5 @@
-"""GRPO: the objective and its variants against hand-computed values, and the trainer end to end.
+"""GRPO: the objective (minids.grpo) and its variants against hand-computed values, and the
+trainer (minids.grpo_trainer) end to end.
 
 Every expected number below is worked out by hand in a comment, never by calling minids, so a test
 reads as the specification of its formula.
@@ -17,17 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minids.data import CharTokenizer
-from minids.grpo import (
+from minids.grpo import aggregate, clipped_surrogate, group_advantages, grpo_loss, k3_kl
+from minids.grpo_trainer import (
     GRPOConfig,
-    aggregate,
-    clipped_surrogate,
     completion_mask,
-    group_advantages,
-    grpo_loss,
     grpo_step,
-    k3_kl,
     make_grpo_optimizer,
     sample_groups,
+    score_completions,
     train_grpo,
 )
 from minids.model import Transformer
@@ -212,8 +210,6 @@ def test_rollouts_carry_sampling_logprobs_and_a_mask_that_ends_at_eos(small_cfg)
     roll, batch = _batch(model, cfg)
     assert roll.tokens.shape == (8, 6) and roll.logprobs.shape == (8, 6) and roll.rewards.shape == (8,)
     np.testing.assert_array_equal(roll.mask, completion_mask(roll.tokens))
-    from minids.grpo import score_completions
-
     rescored = score_completions(model, batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], 1.0)
     np.testing.assert_allclose(np.where(roll.mask, np.asarray(rescored), 0), np.where(roll.mask, roll.logprobs, 0),
                                atol=1e-4)

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minids.attention import attention_mask, causal_attention, dot_product_attention
+from minids.attention import attention_mask, dot_product_attention
 from minids.config import ModelConfig
 from minids.data import CharTokenizer, encode_examples, generate_splits
 from minids.generate import generate, generate_recompute, left_pad
+from minids.kernels.attention import causal_attention
 from minids.mla import (
     MLA,
     MLAConfig,
@@ -89,7 +90,7 @@ def test_bad_mla_config_raises_naming_the_field(field, value):
 
 
 def test_model_config_rejects_an_mla_field_of_the_wrong_type(cfg):
-    with pytest.raises(ValueError, match="mla must be None or a minids.mla.MLAConfig"):
+    with pytest.raises(ValueError, match="mla must be None or a minids.config.MLAConfig"):
         cfg.replace(mla={"kv_lora_rank": 16})
 
 

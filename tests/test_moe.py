@@ -16,18 +16,17 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minids.config import ModelConfig
+from minids.config import ModelConfig, moe_param_counts
+from minids.kernels.moe_dispatch import dispatch_blocks, dispatch_ragged
 from minids.moe import (
     AuxFreeBias,
     MoE,
     MoEConfig,
     aux_free_bias_update,
-    dispatch_fast,
     dispatch_reference,
     expert_aux_loss,
     expert_capacity,
     expert_load,
-    moe_param_counts,
     router_scores,
     select_experts,
     sequence_aux_loss,
@@ -215,7 +214,8 @@ def test_expert_load_and_capacity():
 # -------------------------------------------------------------------------------------- dispatch
 
 
-@pytest.mark.parametrize("dispatch", [dispatch_reference, dispatch_fast])
+@pytest.mark.parametrize("dispatch", [dispatch_reference, dispatch_blocks, dispatch_ragged],
+                         ids=["reference", "blocks", "ragged"])
 def test_capacity_drops_exactly_the_hand_worked_assignments(dispatch):
     # T = 6, K = 1, E = 2, capacity factor 1.0: each expert keeps ceil(1.0 * 6 * 1 / 2) = 3.
     # Expert 0 is chosen by tokens 0, 1, 2, 3, 5: it keeps the first three and drops 3 and 5.
@@ -284,9 +284,10 @@ def _dispatch_loss(dispatch, with_capacity: bool):
     capacity_factor=st.sampled_from([None, 0.5, 1.25]),
     seed=st.integers(0, 1000),
 )
-def test_fast_and_reference_dispatch_agree_in_value_and_gradient(
+def test_dispatch_kernels_agree_with_the_reference_in_value_and_gradient(
     n_experts, top_k, capacity_factor, seed
 ):
+    """The CPU kernel (blocks) and the GPU/TPU kernel (ragged_dot, run here on the CPU)."""
     T, D, F = 16, 8, 4
     cfg = MoEConfig(n_routed_experts=n_experts, experts_per_token=top_k,
                     capacity_factor=capacity_factor)
@@ -298,12 +299,13 @@ def test_fast_and_reference_dispatch_agree_in_value_and_gradient(
             jnp.int32(expert_capacity(T, cfg) or 0))
     with_capacity = capacity_factor is not None
     (value_ref, kept_ref), grads_ref = _dispatch_loss(dispatch_reference, with_capacity)(*args)
-    (value_fast, kept_fast), grads_fast = _dispatch_loss(dispatch_fast, with_capacity)(*args)
-    assert _relative_error(value_fast, value_ref) < 1e-5
-    for name, g_fast, g_ref in zip(["x", "gates", "w_gate", "w_up", "w_down"], grads_fast,
-                                   grads_ref, strict=True):
-        assert _relative_error(g_fast, g_ref) < 1e-5, name
-    np.testing.assert_array_equal(np.asarray(kept_fast), np.asarray(kept_ref))
+    for kernel in (dispatch_blocks, dispatch_ragged):
+        (value_fast, kept_fast), grads_fast = _dispatch_loss(kernel, with_capacity)(*args)
+        assert _relative_error(value_fast, value_ref) < 1e-5, kernel.__name__
+        for name, g_fast, g_ref in zip(["x", "gates", "w_gate", "w_up", "w_down"], grads_fast,
+                                       grads_ref, strict=True):
+            assert _relative_error(g_fast, g_ref) < 1e-5, f"{kernel.__name__}: d{name}"
+        np.testing.assert_array_equal(np.asarray(kept_fast), np.asarray(kept_ref))
     if capacity_factor == 0.5:
         assert not np.asarray(kept_ref).all()  # some assignments were dropped
 
@@ -313,7 +315,7 @@ def test_fast_and_reference_dispatch_agree_in_value_and_gradient(
     ((8, 4, 8), "slots, then one round of overflow blocks"),
     ((8, 4, 3), "too much overflow for one round of R blocks: more rounds"),
 ])
-def test_fast_dispatch_agrees_with_the_reference_in_each_of_its_branches(blocks, case):
+def test_block_dispatch_agrees_with_the_reference_in_each_of_its_branches(blocks, case):
     T, K, E, D, F = 32, 2, 6, 8, 4
     C, b, R = blocks
     rng = np.random.default_rng(3)
@@ -331,7 +333,7 @@ def test_fast_dispatch_agrees_with_the_reference_in_each_of_its_branches(blocks,
     def loss(dispatch, x, gates, *weights):  # needs the output's value, as a next layer does
         return jnp.sum((dispatch(x, indices, gates, *weights)[0] - target) ** 2)
 
-    fast = functools.partial(dispatch_fast, blocks=blocks)
+    fast = functools.partial(dispatch_blocks, blocks=blocks)
     got = jax.jit(jax.value_and_grad(functools.partial(loss, fast), argnums=(0, 1, 2, 3, 4)))
     want = jax.jit(jax.value_and_grad(functools.partial(loss, dispatch_reference), argnums=(0, 1, 2, 3, 4)))
     (v_got, g_got), (v_want, g_want) = got(x, gates, *weights), want(x, gates, *weights)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minids.config import ModelConfig
+from minids.config import ModelConfig, moe_param_counts
 from minids.data import CharTokenizer, encode_examples, load_split
 from minids.model import Transformer, count_params
-from minids.moe import MoE, MoEConfig, moe_param_counts
+from minids.moe import MoE, MoEConfig
 from minids.train import TrainConfig, fit, load_checkpoint, make_optimizer, train_step
 
 MOE = MoEConfig(n_routed_experts=4, n_shared_experts=1, experts_per_token=2, expert_ffn_dim=16,

@@ -1,5 +1,7 @@
 """Keep freed host memory in the process, so each XLA:CPU step does not page-fault its scratch in again.
 
+A CPU-only speed setting, not part of any technique, so it lives with the kernels.
+
 Why. A compiled XLA:CPU program gets one scratch ("temp") buffer per run for all its intermediate
 arrays: about 780 MB for a training step of the `small` preset. It is freed when the run ends and
 allocated again by the next one. glibc's malloc serves a block that large with `mmap` and gives it
@@ -14,10 +16,13 @@ What. `keep_freed_memory()` asks glibc (`mallopt`) to serve every thread from th
 blocks are then reused by the next step, already mapped. The cost: the process keeps its peak host
 memory until it exits, which a training process reaches again on the next step anyway.
 
-When. Importing this module (which `import minids` does first) calls it once, on Linux with
-glibc, unless the environment sets `MINIDS_KEEP_FREED_MEMORY=0`. It must run before JAX starts
-its CPU threads (the first computation); `import minids` before any JAX computation does that. Elsewhere (macOS, Windows, musl) it does
-nothing. Accelerators keep their own memory pools and are not affected.
+When. Only when called: importing minids changes no process-wide state. The command line
+(`python -m minids ...`) and the benchmarks call it first thing; a notebook or script that trains
+on a CPU for a long time may call it in its set-up cell, knowing that it changes how every library
+in the process allocates. It must run before JAX starts its CPU threads (the first computation)
+to cover them. It acts on Linux with glibc, unless the environment sets
+`MINIDS_KEEP_FREED_MEMORY=0`; elsewhere (macOS, Windows, musl) it does nothing. Accelerators keep
+their own memory pools and are not affected.
 """
 
 from __future__ import annotations
@@ -54,6 +59,3 @@ def keep_freed_memory() -> bool:
     ok = [mallopt(M_ARENA_MAX, 1), mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, _TRIM_THRESHOLD)]
     _applied = all(r == 1 for r in ok)  # mallopt returns 1 on success
     return _applied
-
-
-keep_freed_memory()

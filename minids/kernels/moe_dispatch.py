@@ -1,22 +1,27 @@
-"""Running each token through its chosen experts: the two dispatches of `minids.moe`.
+"""Running each token through its chosen experts, fast: what `minids.moe.dispatch_reference` computes.
 
-An MoE layer sends T tokens to K of E experts each: T*K (token, expert) pairs. Two ways to compute
-their outputs, which agree in value and gradient (tests/test_moe.py):
+An MoE layer sends T tokens to K of E experts each: T*K (token, expert) pairs. The plain form,
+`minids.moe.dispatch_reference`, runs every expert on every token and keeps the chosen results:
+E/K times the work. `dispatch` runs each expert on its own pairs only, with the same outputs, the
+same dropped assignments (capacity) and the same gradients (tests/test_kernels.py), by the route
+each backend runs best:
 
-- `dispatch_reference` runs every expert on every token and keeps the chosen results: E/K times
-  the work, and plainly correct.
-- `dispatch_fast` runs each expert on its own pairs only, as a grouped matmul in fixed-size blocks
-  (the shapes a compiled XLA program needs). Every expert gets a fair share of slots, C = T*K/E
-  rows, and all E slot blocks run as one batched matmul. A busy expert's pairs past its slots go to
-  overflow blocks of b = C/8 rows, each block one expert's, in rounds of R blocks. MegaBlocks
-  (Gale et al. 2022, arXiv 2211.15841) also drops nothing by computing in blocks, there with
-  block-sparse GPU kernels.
+- CPU: `dispatch_blocks`, a grouped matmul in fixed-size blocks of rows (the shapes a compiled XLA
+  program needs). Every expert gets a fair share of slots, Y = T*K/E rows, and all E slot blocks run
+  as one batched matmul. A busy expert's pairs past its slots go to overflow blocks of b = Y/8 rows,
+  each block one expert's, in rounds of A blocks. Rows move between tokens and blocks by gathers,
+  forward and backward (custom VJPs), because XLA:CPU runs the scatter-adds that autodiff would
+  write much more slowly. MegaBlocks (Gale et al. 2022, arXiv 2211.15841) also drops nothing by
+  computing in blocks, there with block-sparse GPU kernels.
+- GPU and TPU: `dispatch_ragged`, the pairs sorted by expert and one `jax.lax.ragged_dot` per
+  matrix (a grouped GEMM those backends implement natively), then unsorted and combined.
 
-Both drop the same assignments when an expert has a capacity (`minids.moe.expert_capacity`). With
-an `FP8Config` both run the routed experts' GEMMs on simulated FP8 values (`_fp8_expert_inputs`).
+With an `FP8Config` both run the routed experts' GEMMs on simulated FP8 values, as the reference.
 
 Shapes (letters of minids/model.py): T counts all tokens of the batch (B*T flattened), D model width,
-E routed experts, K experts per token, F expert width, P = T*K pairs (pair p = t*K + k).
+E routed experts, K experts per token, F expert width (F2 = 2F: gate and up side by side). The block
+layout adds its own letters, not used elsewhere: P = T*K pairs (pair p = t*K + k), A blocks of Y rows
+each, `rows` = A*Y rows in all.
 """
 
 from __future__ import annotations
@@ -27,75 +32,57 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from minids.fp8 import FP8Config, fp8_expert_activation, fp8_expert_output, fp8_expert_weights
+from minids.fp8 import FP8Config, fp8_expert_hooks, fp8_expert_inputs
 
 
-def _queue_places(expert: Int[Array, " P"], n_experts: int) -> Int[Array, " P"]:
-    """Each (token, expert) pair's place in its expert's queue: how many earlier pairs (in token
-    order) chose the same expert. A running count per expert, no sort."""
-    choice = jax.nn.one_hot(expert, n_experts, dtype=jnp.int32)  # (P, E)
-    return jnp.sum((jnp.cumsum(choice, axis=0) - 1) * choice, axis=1)
-
-
-def _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down) -> None:
-    (T, D), (E, _, F) = x.shape, w_gate.shape
-    if indices.shape != gates.shape or indices.shape[0] != T or w_up.shape != (E, D, F) \
-            or w_gate.shape != (E, D, F) or w_down.shape != (E, F, D):
-        raise ValueError(
-            "dispatch needs x (T, D), indices and gates (T, K), w_gate and w_up (E, D, F), w_down "
-            f"(E, F, D); got {x.shape}, {indices.shape}, {gates.shape}, {w_gate.shape}, "
-            f"{w_up.shape}, {w_down.shape}"
-        )
-
-
-def _fp8_hooks(fp8: FP8Config | None):
-    """(quantize a GEMM input, quantize a GEMM output's gradient): identities without FP8."""
-    if fp8 is None:
-        return (lambda x: x), (lambda y: y)
-    return (lambda x: fp8_expert_activation(x, fp8)), (lambda y: fp8_expert_output(y, fp8))
-
-
-def _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8: FP8Config | None):
-    """Routed experts in simulated FP8 (DeepSeek-V3 §3.3): tokens in 1x128 tiles, each expert's
-    weights in 128x128 blocks, and (through `_fp8_hooks`) the hidden activation in 1x128 tiles and
-    every expert GEMM's output gradient in 1x128 tiles, so Fprop, Dgrad and Wgrad all read FP8
-    values. Not simulated here, unlike `minids.fp8.Fp8Linear`: the limited-precision accumulator
-    (expert GEMMs add in float32) and Wgrad's re-tiling along tokens (it reuses the 1x128 tiles
-    of the activations and gradients). Gate and up are quantized as separate matrices, so the fast
-    and reference dispatches see the same FP8 values."""
-    if fp8 is None:
-        return x, w_gate, w_up, w_down
-    return (fp8_expert_activation(x, fp8), *(fp8_expert_weights(w, fp8) for w in (w_gate, w_up, w_down)))
-
-
-# --------------------------------------------------------------------------------- reference
-
-
-def dispatch_reference(
+def dispatch(
     x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
     w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
     capacity: int | None = None, fp8: FP8Config | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
-    """Every expert on every token, then a gate-weighted sum of the chosen: (y, kept assignments)."""
-    _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
-    T, K = indices.shape
-    E = w_gate.shape[0]
-    fp8_in, fp8_out = _fp8_hooks(fp8)
-    x, w_gate, w_up, w_down = _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
-    gate = fp8_out(jnp.einsum("TD,EDF->ETF", x, w_gate))
-    hidden = fp8_in(jax.nn.silu(gate) * fp8_out(jnp.einsum("TD,EDF->ETF", x, w_up)))
-    out = fp8_out(jnp.einsum("ETF,EFD->ETD", hidden, w_down))  # expert e's output for every token
-    choice = jax.nn.one_hot(indices, E, dtype=jnp.int32)  # (T, K, E)
-    kept = jnp.ones((T, K), dtype=bool)
-    if capacity is not None:  # queue position: earlier (token, slot) pairs that chose the same expert
-        position = _queue_places(indices.reshape(T * K), E).reshape(T, K)
-        kept = position < capacity
-    combine = jnp.einsum("TKE,TK->TE", choice.astype(jnp.float32), jnp.where(kept, gates, 0.0))
-    y = jnp.einsum("TE,ETD->TD", combine, out.astype(jnp.float32))
-    return y.astype(x.dtype), kept
+    """`minids.moe.dispatch_reference`'s (y, kept), each expert on its own tokens: blocks on a CPU,
+    `jax.lax.ragged_dot` on a GPU or TPU."""
+    fast = dispatch_blocks if jax.default_backend() == "cpu" else dispatch_ragged
+    return fast(x, indices, gates, w_gate, w_up, w_down, capacity, fp8)
 
 
-# -------------------------------------------------------------------------------------- fast
+def _queue_places(expert: Int[Array, " P"], n_experts: int) -> Int[Array, " P"]:
+    """Each pair's place in its expert's queue (earlier tokens first), as `minids.moe.queue_places`."""
+    choice = jax.nn.one_hot(expert, n_experts, dtype=jnp.int32)  # (P, E)
+    return jnp.sum((jnp.cumsum(choice, axis=0) - 1) * choice, axis=1)
+
+
+# ---------------------------------------------------------------------------------- GPU / TPU
+
+
+def dispatch_ragged(
+    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
+    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
+    capacity: int | None = None, fp8: FP8Config | None = None,
+) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
+    """Sort the T*K pairs by expert, run each expert's contiguous rows with `jax.lax.ragged_dot`
+    (row group e is expert e's), and add each pair's output back to its token, gate-weighted.
+
+    Dropped pairs (past an expert's capacity) are computed with a gate of 0: fixed shapes."""
+    (T, K), E = indices.shape, w_gate.shape[0]
+    P = T * K
+    x, w_gate, w_up, w_down = fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
+    fp8_in, fp8_out = fp8_expert_hooks(fp8)
+    expert = indices.reshape(P)
+    kept = jnp.ones((P,), bool) if capacity is None else _queue_places(expert, E) < capacity
+    order = jnp.argsort(expert, stable=True)  # pairs grouped by expert, earlier tokens first
+    group_sizes = jnp.bincount(expert, length=E).astype(jnp.int32)
+    rows = x[order // K]  # (P, D): pair order[i]'s token
+    gate = fp8_out(jax.lax.ragged_dot(rows, w_gate, group_sizes))
+    up = fp8_out(jax.lax.ragged_dot(rows, w_up, group_sizes))
+    hidden = fp8_in(jax.nn.silu(gate) * up)
+    out = fp8_out(jax.lax.ragged_dot(hidden, w_down, group_sizes))  # (P, D), sorted
+    weight = jnp.where(kept, gates.reshape(P), 0.0)[order]
+    y = jnp.zeros((T, x.shape[1]), jnp.float32).at[order // K].add(out.astype(jnp.float32) * weight[:, None])
+    return y.astype(x.dtype), kept.reshape(T, K)
+
+
+# ---------------------------------------------------------------------------------------- CPU
 
 
 def _ceil_div(n, d):
@@ -107,21 +94,21 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def _block_sizes(pairs: int, n_experts: int) -> tuple[int, int, int]:
-    """(slots per expert C, rows per overflow block b, overflow blocks per round R) of `dispatch_fast`.
+    """(slots per expert Y, rows per overflow block b, overflow blocks per round A) of `dispatch_blocks`.
 
-    C is a fair share of the T*K pairs, rounded up to 8 rows: at perfect balance every pair has a
-    slot. An overflow block holds b = C/8 rows (at least 8) of one expert, and a round has R = 5E/8
+    Y is a fair share of the T*K pairs, rounded up to 8 rows: at perfect balance every pair has a
+    slot. An overflow block holds b = Y/8 rows (at least 8) of one expert, and a round has A = 5E/8
     of them: room for 1/16 of the pairs, in the last, partly filled block of each busy expert too.
     The untrained routers of benchmarks/bench_moe.py (MaxVio 0.13-0.19) need 4 of 5 such blocks
-    (E = 8) and 9 of 10 (E = 16). Blocks of C/16 rows ran slower: a matmul of so few rows spends
+    (E = 8) and 9 of 10 (E = 16). Blocks of Y/16 rows ran slower: a matmul of so few rows spends
     more time reading its block's weights than multiplying.
     """
-    C = _round_up(_ceil_div(pairs, n_experts), 8)
-    return C, _round_up(max(C // 8, 8), 8), _ceil_div(5 * n_experts, 8)
+    Y = _round_up(_ceil_div(pairs, n_experts), 8)
+    return Y, _round_up(max(Y // 8, 8), 8), _ceil_div(5 * n_experts, 8)
 
 
 @jax.custom_vjp
-def _to_rows(x: Float[Array, "T D"], row_token: Int[Array, " R"], token_rows: Int[Array, "T K"]):
+def _to_rows(x: Float[Array, "T D"], row_token: Int[Array, " rows"], token_rows: Int[Array, "T K"]):
     """The block rows: row r is a copy of token row_token[r].
 
     A row that no pair fills (row_token = T) is a copy of the last token rather than zeros, which
@@ -133,7 +120,7 @@ def _to_rows(x: Float[Array, "T D"], row_token: Int[Array, " R"], token_rows: In
 
 
 @jax.custom_vjp
-def _to_tokens(rows: Float[Array, "R D"], token_rows: Int[Array, "T K"], row_token: Int[Array, " R"]):
+def _to_tokens(rows: Float[Array, "rows D"], token_rows: Int[Array, "T K"], row_token: Int[Array, " rows"]):
     """Each token's sum of its rows: out[t] = sum_k rows[token_rows[t, k]], where R names no row.
 
     The gradient of each of `_to_rows` and `_to_tokens` is the other: gathers both ways, no
@@ -152,7 +139,7 @@ _to_tokens.defvjp(lambda rows, token_rows, row_token: (_to_tokens(rows, token_ro
 
 
 @jax.custom_vjp
-def _swiglu_halves(gate_up: Float[Array, "... 2F"]) -> Float[Array, "... F"]:
+def _swiglu_halves(gate_up: Float[Array, "... F2"]) -> Float[Array, "... F"]:
     """silu(a) * u for gate_up = [a | u], with a gradient written as one array [da | du].
 
     Autodiff of the two slices would write da and du separately and then pad and add them into
@@ -178,24 +165,24 @@ def _swiglu_halves_bwd(gate_up, g):
 _swiglu_halves.defvjp(lambda gate_up: (_swiglu_halves(gate_up), gate_up), _swiglu_halves_bwd)
 
 
-def _expert_ffn(rows: Float[Array, "N C D"], w_gate_up: Float[Array, "N D 2F"],
-                w_down: Float[Array, "N F D"], fp8: FP8Config | None, scale=None) -> Float[Array, "N C D"]:
+def _expert_ffn(rows: Float[Array, "A Y D"], w_gate_up: Float[Array, "A D F2"],
+                w_down: Float[Array, "A F D"], fp8: FP8Config | None, scale=None) -> Float[Array, "A Y D"]:
     """SwiGLU of block n's rows with block n's weights, three batched matmuls (gate and up as one)."""
-    fp8_in, fp8_out = _fp8_hooks(fp8)
+    fp8_in, fp8_out = fp8_expert_hooks(fp8)
     F = w_down.shape[1]
-    gate_up = jnp.einsum("NCD,NDF->NCF", rows, w_gate_up)
+    gate_up = jnp.einsum("AYD,ADF->AYF", rows, w_gate_up)
     if fp8 is None:
         hidden = _swiglu_halves(gate_up)
     else:  # each half's gradient is quantized on its own, as in the reference
         hidden = fp8_in(jax.nn.silu(fp8_out(gate_up[..., :F])) * fp8_out(gate_up[..., F:]))
     if scale is not None:
         hidden = hidden * scale.astype(hidden.dtype)
-    return fp8_out(jnp.einsum("NCF,NFD->NCD", hidden, w_down))
+    return fp8_out(jnp.einsum("AYF,AFD->AYD", hidden, w_down))
 
 
 def _expert_blocks(
     n: int, size: int, fp8: FP8Config | None, pair_row: Int[Array, " P"], gate: Float[Array, " P1"],
-    w_gate_up: Float[Array, "N D 2F"], w_down: Float[Array, "N F D"], x: Float[Array, "T D"],
+    w_gate_up: Float[Array, "A D F2"], w_down: Float[Array, "A F D"], x: Float[Array, "T D"],
 ) -> Float[Array, "T D"]:
     """Fill n blocks of `size` rows from the T*K pairs (pair p to row pair_row[p]; n * size for
     none), apply block i's weights to block i's rows, and return each token's sum of its pairs'
@@ -216,7 +203,7 @@ def _expert_blocks(
 
 
 @jax.custom_vjp
-def _take_blocks(w: Float[Array, "E ..."], owner: Int[Array, " R"]) -> Float[Array, "R ..."]:
+def _take_blocks(w: Float[Array, "E ..."], owner: Int[Array, " A"]) -> Float[Array, "A ..."]:
     """w[owner]: a copy of its expert's weights for each overflow block.
 
     The gradient adds each block's copy back into its expert's with a one-hot matmul,
@@ -227,7 +214,7 @@ def _take_blocks(w: Float[Array, "E ..."], owner: Int[Array, " R"]) -> Float[Arr
 
 def _take_blocks_bwd(residuals, g):
     owner, n_experts = residuals
-    one_hot = jax.nn.one_hot(owner, n_experts, dtype=g.dtype)  # (R, E)
+    one_hot = jax.nn.one_hot(owner, n_experts, dtype=g.dtype)  # (A, E)
     return jnp.tensordot(one_hot, g, axes=(0, 0)), None
 
 
@@ -237,7 +224,7 @@ _take_blocks.defvjp(lambda w, owner: (w[owner], (owner, w.shape[0])), _take_bloc
 def _overflow_round(
     r: Int[Array, ""] | int, n: int, size: int, fp8: FP8Config | None,
     ints: tuple[Array, Array, Array], gate: Float[Array, " P1"],
-    w_gate_up: Float[Array, "E D 2F"], w_down: Float[Array, "E F D"], x: Float[Array, "T D"],
+    w_gate_up: Float[Array, "E D F2"], w_down: Float[Array, "E F D"], x: Float[Array, "T D"],
 ) -> Float[Array, "T D"]:
     """Round r of the overflow: `_expert_blocks` over n blocks of `size` rows.
 
@@ -293,7 +280,7 @@ def _overflow_bwd(n, size, fp8, residuals, g):
 _overflow.defvjp(_overflow_fwd, _overflow_bwd)
 
 
-def dispatch_fast(
+def dispatch_blocks(
     x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
     w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
     capacity: int | None = None, fp8: FP8Config | None = None,
@@ -303,23 +290,22 @@ def dispatch_fast(
 
     1. The T*K (token, expert) pairs queue per expert, earlier tokens first (the order capacity
        dropping also uses): `rank` is a pair's place in its expert's queue.
-    2. The first C pairs of every queue fill block e of an (E, C, D) array of slots, C a fair
-       share (`_block_sizes`). Its matmuls are batched over the experts: one (C, D) @ (D, 2F) and
-       one (C, F) @ (F, D) per expert, the matmul every backend runs fastest.
-    3. The pairs past C, in the queues of the busier experts, fill overflow blocks of b rows, each
-       block one expert's, whose weights are copied in. A round runs R blocks; a router so
+    2. The first Y pairs of every queue fill block e of an (E, Y, D) array of slots, Y a fair
+       share (`_block_sizes`). Its matmuls are batched over the experts: one (Y, D) @ (D, 2F) and
+       one (Y, F) @ (F, D) per expert, the matmul every backend runs fastest.
+    3. The pairs past Y, in the queues of the busier experts, fill overflow blocks of b rows, each
+       block one expert's, whose weights are copied in. A round runs A blocks; a router so
        unbalanced that one round is not enough runs more (`_overflow`).
     4. Each token sums its experts' outputs, weighted by their gates. Slots and block rows that no
        pair fills have a gate of 0: their work is the price of fixed shapes.
 
     Rows move between tokens and blocks by gathers (`_to_rows`, `_to_tokens`), forward and backward.
-    `blocks` overrides (C, b, R), for tests.
+    `blocks` overrides (Y, b, A), for tests.
     """
-    _check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
     (T, K), E = indices.shape, w_gate.shape[0]
     P = T * K
-    C, b, R = _block_sizes(P, E) if blocks is None else blocks
-    x, w_gate, w_up, w_down = _fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
+    Y, b, A = _block_sizes(P, E) if blocks is None else blocks
+    x, w_gate, w_up, w_down = fp8_expert_inputs(x, w_gate, w_up, w_down, fp8)
     w_gate_up = jnp.concatenate([w_gate, w_up], axis=-1)  # (E, D, 2F)
 
     expert = indices.reshape(P)  # pair p = t * K + k
@@ -330,12 +316,12 @@ def dispatch_fast(
         counts = jnp.minimum(counts, capacity)
     gate = jnp.concatenate([jnp.where(kept, gates.reshape(P), 0.0), jnp.zeros((1,), gates.dtype)])
 
-    in_slot = kept & (rank < C)
-    slot = jnp.where(in_slot, expert * C + rank, E * C)
-    y = _expert_blocks(E, C, fp8, slot, gate, w_gate_up, w_down, x)
+    in_slot = kept & (rank < Y)
+    slot = jnp.where(in_slot, expert * Y + rank, E * Y)
+    y = _expert_blocks(E, Y, fp8, slot, gate, w_gate_up, w_down, x)
 
-    excess = jnp.maximum(counts - C, 0)
-    past = jnp.where(kept & ~in_slot, rank - C, -1)
-    rounds = _ceil_div(jnp.sum(_ceil_div(excess, b)), R)
-    y = y + _overflow(R, b, fp8, rounds, (expert, past, excess), gate, w_gate_up, w_down, x)
+    excess = jnp.maximum(counts - Y, 0)
+    past = jnp.where(kept & ~in_slot, rank - Y, -1)
+    rounds = _ceil_div(jnp.sum(_ceil_div(excess, b)), A)
+    y = y + _overflow(A, b, fp8, rounds, (expert, past, excess), gate, w_gate_up, w_down, x)
     return y.astype(x.dtype), kept.reshape(T, K)

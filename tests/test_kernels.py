@@ -1,14 +1,18 @@
-"""Every fast path computes what its readable reference computes: values and gradients.
+"""Every kernel (minids/kernels/) computes what its plain form computes: values and gradients.
 
-The fast paths (see `benchmarks/bench_train.py` for what they buy):
+The kernels (see `benchmarks/bench_train.py` for what they buy):
 
 - `blockwise_causal_attention`: causal attention one block of queries at a time, skipping the keys
-  a block cannot see; reference `dot_product_attention` with `attention_mask(T, T)`.
-- `dot_product_attention_fast`: heads-first layout and a hand-written backward pass (custom VJP);
-  reference `dot_product_attention`, for any mask, including fully masked (padding) rows.
-- `causal_self_attention` and the `Attention` / `Transformer` training path, which use both;
-  reference: the same call with an all-True `key_mask`, which takes the masked reference path.
+  a block cannot see; plain form `dot_product_attention` with `attention_mask(T, T)`.
+- `cpu_attention`: heads-first layout and a hand-written backward pass (custom VJP); plain form
+  `dot_product_attention`, for any mask, including fully masked (padding) rows.
+- `xla_causal_attention`, the GPU/TPU route (run here on the CPU); plain form `causal_self_attention`.
+- `causal_attention` and the `Attention` / `Transformer` training path, which use them;
+  plain form: the same call with an all-True `key_mask`, which takes the masked path.
 - `SwiGLU` and the projections, which flatten (B, T, D) to (B*T, D) before each matmul.
+
+The MoE dispatch kernels are checked against `dispatch_reference` in tests/test_moe.py and
+tests/test_fp8_model.py, the limited-precision accumulator against its reference in tests/test_fp8.py.
 
 Tolerances. float32: the fast paths add the same products in another order, so values agree to
 `ATOL = 1e-5` (outputs are O(1)) and gradients to `GRAD_RTOL = 1e-4` of their largest entry.
@@ -24,16 +28,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minids.attention import (
-    Attention,
-    _causal_blocks,
-    attention_mask,
-    blockwise_causal_attention,
-    causal_self_attention,
-    dot_product_attention,
-    dot_product_attention_fast,
-)
+from minids import attention
+from minids.attention import Attention, attention_mask, causal_self_attention, dot_product_attention
 from minids.config import preset
+from minids.kernels.attention import (
+    blockwise_causal_attention,
+    causal_attention,
+    causal_blocks,
+    cpu_attention,
+    xla_causal_attention,
+)
 from minids.layers import SwiGLU
 from minids.model import Transformer
 
@@ -51,12 +55,12 @@ def _qkv(B=2, T=16, N=4, M=2, H=8, seed=0, dtype=jnp.float32):
 
 def _value_and_grads(fn, q, k, v):
     """fn(q, k, v) and the gradients of a fixed random projection of it, in float32."""
-    weights = jnp.asarray(np.random.default_rng(99).standard_normal(q.shape), jnp.float32)
+    out = jax.jit(fn)(q, k, v)
+    weights = jnp.asarray(np.random.default_rng(99).standard_normal(out.shape), jnp.float32)
 
     def loss(q, k, v):
         return jnp.sum(fn(q, k, v).astype(jnp.float32) * weights)
 
-    out = jax.jit(fn)(q, k, v)
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
     return np.asarray(out, np.float32), [np.asarray(g, np.float32) for g in grads]
 
@@ -80,7 +84,7 @@ def _masks(B, T):
     }
 
 
-# ------------------------------------------------------------------ dot_product_attention_fast
+# ------------------------------------------------------------------ cpu_attention
 
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
@@ -91,7 +95,7 @@ def test_fast_attention_matches_the_reference_values_and_gradients(n_kv_heads, m
     q, k, v = _qkv(B=B, T=T, M=n_kv_heads)
     if mask.shape[-1] != T:  # keys from a longer cache
         _, k, v = _qkv(B=B, T=mask.shape[-1], M=n_kv_heads, seed=1)
-    fast = _value_and_grads(lambda q, k, v: dot_product_attention_fast(q, k, v, mask), q, k, v)
+    fast = _value_and_grads(lambda q, k, v: cpu_attention(q, k, v, mask), q, k, v)
     ref = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), q, k, v)
     _assert_same(fast, ref, f"{mask_name}, {n_kv_heads} kv heads")
 
@@ -99,7 +103,7 @@ def test_fast_attention_matches_the_reference_values_and_gradients(n_kv_heads, m
 def test_fast_attention_gives_the_reference_uniform_average_for_a_fully_masked_row():
     q, k, v = _qkv(B=1, T=3)
     mask = jnp.zeros((1, 3, 3), bool).at[:, 1:].set(attention_mask(2, 3, offset=1)[0])
-    fast = dot_product_attention_fast(q, k, v, mask)
+    fast = cpu_attention(q, k, v, mask)
     np.testing.assert_allclose(np.asarray(fast), np.asarray(dot_product_attention(q, k, v, mask)),
                                atol=ATOL)
     assert bool(jnp.all(jnp.isfinite(fast)))
@@ -110,9 +114,9 @@ def test_fast_attention_in_bfloat16_is_as_close_to_float32_as_the_reference():
     mask = attention_mask(32, 32)
     exact = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), q32, k32, v32)
     bf16 = tuple(a.astype(jnp.bfloat16) for a in (q32, k32, v32))
-    fast = _value_and_grads(lambda q, k, v: dot_product_attention_fast(q, k, v, mask), *bf16)
+    fast = _value_and_grads(lambda q, k, v: cpu_attention(q, k, v, mask), *bf16)
     slow = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), *bf16)
-    assert jax.eval_shape(lambda: dot_product_attention_fast(*bf16, mask)).dtype == jnp.bfloat16
+    assert jax.eval_shape(lambda: cpu_attention(*bf16, mask)).dtype == jnp.bfloat16
     for i, what in enumerate(["values", "dq", "dk", "dv"]):
         pick = (lambda r: r[0]) if i == 0 else (lambda r, i=i: r[1][i - 1])
         err_fast = np.max(np.abs(pick(fast) - pick(exact)))
@@ -124,7 +128,7 @@ def test_fast_attention_in_bfloat16_is_as_close_to_float32_as_the_reference():
 
 
 @pytest.mark.parametrize("n_blocks", [1, 2, 4])
-@pytest.mark.parametrize("attend", [dot_product_attention, dot_product_attention_fast],
+@pytest.mark.parametrize("attend", [dot_product_attention, cpu_attention],
                          ids=["reference", "fast"])
 def test_blockwise_causal_attention_matches_full_causal_attention(n_blocks, attend):
     q, k, v = _qkv(B=2, T=24, N=4, M=2)
@@ -138,20 +142,47 @@ def test_blockwise_causal_attention_matches_full_causal_attention(n_blocks, atte
 def test_blockwise_causal_attention_rejects_blocks_that_do_not_divide_the_sequence():
     q, k, v = _qkv(T=12)
     with pytest.raises(ValueError, match="n_blocks"):
-        blockwise_causal_attention(q, k, v, 5)
+        blockwise_causal_attention(q, k, v, 5, dot_product_attention)
 
 
 def test_causal_blocks_are_at_least_64_rows_and_at_most_8():
-    assert [_causal_blocks(T) for T in (32, 64, 96, 128, 200, 256, 512, 4096)] == [1, 1, 1, 2, 2, 4, 8, 8]
+    assert [causal_blocks(T) for T in (32, 64, 96, 128, 200, 256, 512, 4096)] == [1, 1, 1, 2, 2, 4, 8, 8]
 
 
-def test_causal_self_attention_of_a_long_sequence_takes_the_blockwise_path_and_matches():
+def test_causal_attention_kernel_of_a_long_sequence_takes_the_blockwise_path_and_matches():
     q, k, v = _qkv(B=1, T=256, N=4, M=2)
-    assert _causal_blocks(256) == 4
-    mask = attention_mask(256, 256)
-    fast = _value_and_grads(causal_self_attention, q, k, v)
-    ref = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), q, k, v)
+    assert causal_blocks(256) == 4
+    fast = _value_and_grads(causal_attention, q, k, v)
+    ref = _value_and_grads(causal_self_attention, q, k, v)
     _assert_same(fast, ref, "T=256")
+
+
+@pytest.mark.parametrize("value_dim", [8, 5], ids=["Hv=H", "Hv<H (MLA)"])
+def test_xla_route_for_gpu_and_tpu_matches_the_plain_form(value_dim):
+    q, k, v = _qkv(B=2, T=16, N=4, M=2, H=8)
+    v = v[..., :value_dim]
+    fast = _value_and_grads(lambda q, k, v: xla_causal_attention(q, k, v, 0.3), q, k, v)
+    ref = _value_and_grads(lambda q, k, v: causal_self_attention(q, k, v, 0.3), q, k, v)
+    _assert_same(fast, ref, f"xla, Hv={value_dim}")
+
+
+def test_the_training_attention_choice_is_the_kernel_and_the_plain_form_trains_the_same(monkeypatch):
+    """`TRAINING_ATTENTION` is the one line that picks the kernel; setting it to the plain form gives
+    the same loss and gradients, so a student can run the model on the code they read."""
+    assert attention.TRAINING_ATTENTION is causal_attention
+    cfg = preset("tiny", n_layers=1, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64)
+    model = Transformer(cfg)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(3, 99, (2, 24)), jnp.int32)
+
+    def loss(m):
+        logits = m(tokens)
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[..., 5])
+
+    with_kernel = _param_grads(model, loss)
+    monkeypatch.setattr(attention, "TRAINING_ATTENTION", causal_self_attention)
+    plain = _param_grads(model, loss)
+    for a, b in zip(with_kernel, plain, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b))))
 
 
 # ----------------------------------------------------------- the module and the model, end to end
