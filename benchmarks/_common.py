@@ -21,8 +21,9 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def print_columns(columns: dict[str, dict], rows: Sequence[tuple[str, Callable[[dict], str]]],
-                  width: int = 20) -> None:
+def print_columns(
+    columns: dict[str, dict], rows: Sequence[tuple[str, Callable[[dict], str]]], width: int = 20
+) -> None:
     """One column per measured configuration, one row per (label, formatter) pair."""
     print(f"{'':28s}" + "".join(f"{name:>{width}s}" for name in columns))
     for label, fmt in rows:
@@ -41,8 +42,12 @@ def median_ms(call: Callable[[], object], repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int, label: str = "",
-                   samples: dict[str, list[float]] | None = None) -> dict[str, float]:
+def interleaved_ms(
+    calls: dict[str, Callable[[], object]],
+    repeats: int,
+    label: str = "",
+    samples: dict[str, list[float]] | None = None,
+) -> dict[str, float]:
     """Median milliseconds of each call: compiled and warmed up first, then timed in turn, `repeats`
     rounds, so that a slow moment of a shared machine hits every call alike. `samples`, if given,
     receives every timing, in milliseconds.

@@ -75,7 +75,9 @@ def bench_train(name: str, quick: bool) -> dict:
         t0 = time.perf_counter()
         for _ in range(3):  # compile, then two warm-up steps
             jax.block_until_ready(train_step(model, optimizer, batch))
-        log(f"  {name}: {precision} train_step compiled and warm in {time.perf_counter() - t0:.1f} s")
+        log(
+            f"  {name}: {precision} train_step compiled and warm in {time.perf_counter() - t0:.1f} s"
+        )
         runs[precision] = (model, optimizer)
     times = {p: [] for p in PRECISIONS}
     for _ in range(repeats):
@@ -87,8 +89,11 @@ def bench_train(name: str, quick: bool) -> dict:
             times[precision].append((time.perf_counter() - t) / steps)
     ms = {p: 1e3 * float(np.median(t)) for p, t in times.items()}
     return {
-        "batch": batch_size, "seq_len": seq_len, **{f"{p}_ms": ms[p] for p in PRECISIONS},
-        "fp8_ratio": ms["fp8"] / ms["fp32"], "bf16_ratio": ms["bf16"] / ms["fp32"],
+        "batch": batch_size,
+        "seq_len": seq_len,
+        **{f"{p}_ms": ms[p] for p in PRECISIONS},
+        "fp8_ratio": ms["fp8"] / ms["fp32"],
+        "bf16_ratio": ms["bf16"] / ms["fp32"],
         "fp8_over_bf16": ms["fp8"] / ms["bf16"],
     }
 
@@ -114,8 +119,10 @@ def bench_matmul(quick: bool) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
-          "one train_step, median over interleaved repeats")
+    print(
+        f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
+        "one train_step, median over interleaved repeats"
+    )
     rows = [
         ("training batch (B x T)", lambda r: f"{r['batch']} x {r['seq_len']}"),
         ("fp32 step", lambda r: f"{r['fp32_ms']:.1f} ms"),
@@ -130,20 +137,30 @@ def print_table(report: dict) -> None:
     for label, r in report["quantize"].items():
         print(f"  {label:<16}{r['ms']:8.1f} ms  {r['gelem_per_s']:6.2f} G elements/s")
     m = report["matmul"]
-    print(f"\n{MATMUL_N}^3 GEMM: float32 {m['fp32_ms']:.1f} ms, fp8_matmul (simulated) "
-          f"{m['fp8_ms']:.1f} ms, ratio {m['fp8_ratio']:.2f}x")
+    print(
+        f"\n{MATMUL_N}^3 GEMM: float32 {m['fp32_ms']:.1f} ms, fp8_matmul (simulated) "
+        f"{m['fp8_ms']:.1f} ms, ratio {m['fp8_ratio']:.2f}x"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(TRAIN_SHAPES), action="append",
-                        help="measure only this preset (repeatable; default: tiny and small)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(TRAIN_SHAPES),
+        action="append",
+        help="measure only this preset (repeatable; default: tiny and small)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    report = {"backend": jax.default_backend(), "jax_version": jax.__version__,
-              "cpu_count": os.cpu_count(), "presets": {}}
+    report = {
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "presets": {},
+    }
     for name in args.preset or list(TRAIN_SHAPES):
         log(f"{name}:")
         report["presets"][name] = bench_train(name, args.quick)

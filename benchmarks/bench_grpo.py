@@ -85,9 +85,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     roll = sample_groups(model, rows, cfg, key)
     adv = group_advantages(jnp.asarray(roll.rewards.reshape(-1, G)), "group").reshape(-1)
-    batch = {"prompt_tokens": jnp.asarray(roll.prompt_tokens), "prompt_mask": jnp.asarray(roll.prompt_mask),
-             "tokens": jnp.asarray(roll.tokens), "mask": jnp.asarray(roll.mask), "advantages": adv,
-             "temperature": jnp.float32(1.0)}
+    batch = {
+        "prompt_tokens": jnp.asarray(roll.prompt_tokens),
+        "prompt_mask": jnp.asarray(roll.prompt_mask),
+        "tokens": jnp.asarray(roll.tokens),
+        "mask": jnp.asarray(roll.mask),
+        "advantages": adv,
+        "temperature": jnp.float32(1.0),
+    }
     ref = nnx.clone(model)
     policy, policy_ref = nnx.clone(model), nnx.clone(model)
     opt, opt_ref = make_grpo_optimizer(policy, cfg), make_grpo_optimizer(policy_ref, cfg_ref)
@@ -96,8 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
         return grpo_step(policy, opt, batch, cfg)["loss"]
 
     def update_with_ref():
-        ref_logp = score_completions(ref, batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"],
-                                     batch["temperature"])
+        ref_logp = score_completions(
+            ref, batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], batch["temperature"]
+        )
         return grpo_step(policy_ref, opt_ref, {**batch, "ref_logp": ref_logp}, cfg_ref)["loss"]
 
     calls = {
@@ -119,12 +125,18 @@ def main(argv: list[str] | None = None) -> dict:
     ms = {label: 1e3 * float(np.median(t)) for label, t in times.items()}
     tokens = len(prompts) * NEW
     report = {
-        "backend": jax.default_backend(), "jax_version": jax.__version__, "cpu_count": os.cpu_count(),
-        "batch": len(prompts), "max_new_tokens": NEW, "params": count_params(model),
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "batch": len(prompts),
+        "max_new_tokens": NEW,
+        "params": count_params(model),
         "cached_tokens_per_s": tokens / ms["cached"] * 1e3,
         "recompute_tokens_per_s": tokens / ms["recompute"] * 1e3,
         "cache_speedup": ms["recompute"] / ms["cached"],
-        "sample_ms": ms["sample"], "update_ms": ms["update"], "update_ms_with_ref": ms["update_with_ref"],
+        "sample_ms": ms["sample"],
+        "update_ms": ms["update"],
+        "update_ms_with_ref": ms["update_with_ref"],
         "generation_share": ms["sample"] / (ms["sample"] + ms["update"]),
         "generation_share_with_ref": ms["sample"] / (ms["sample"] + ms["update_with_ref"]),
     }
@@ -132,9 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(report))
         return report
-    print(f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
-          f"{report['params']:,} parameters, {report['batch']} rollouts ({PROMPTS} prompts x G {G}) "
-          f"of {NEW} new tokens; medians over interleaved repeats")
+    print(
+        f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
+        f"{report['params']:,} parameters, {report['batch']} rollouts ({PROMPTS} prompts x G {G}) "
+        f"of {NEW} new tokens; medians over interleaved repeats"
+    )
     rows_ = [
         ("rollout, KV cache", lambda r: f"{r['cached_tokens_per_s']:,.0f} tok/s"),
         ("rollout, recompute", lambda r: f"{r['recompute_tokens_per_s']:,.0f} tok/s"),

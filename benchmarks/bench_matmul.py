@@ -78,13 +78,17 @@ TRANSPOSED_B = {"attention_scores"}  # (B, N, K): q @ k^T, with k as attention s
 def _operands(shape, seed, transposed_b=False):
     B, M, K, N = shape
     ka, kb = jax.random.split(jax.random.key(seed))
-    return jax.random.normal(ka, (B, M, K)), jax.random.normal(kb, (B, N, K) if transposed_b else (B, K, N))
+    return jax.random.normal(ka, (B, M, K)), jax.random.normal(
+        kb, (B, N, K) if transposed_b else (B, K, N)
+    )
 
 
 def measure(quick: bool) -> dict:
     """GFLOP/s of every shape, and the independent-pair ratio, in this process."""
     matmul = jax.jit(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b))
-    pair = jax.jit(lambda a, b, c, d: (jnp.einsum("bmk,bkn->bmn", a, b), jnp.einsum("bmk,bkn->bmn", c, d)))
+    pair = jax.jit(
+        lambda a, b, c, d: (jnp.einsum("bmk,bkn->bmn", a, b), jnp.einsum("bmk,bkn->bmn", c, d))
+    )
     matmul_t = jax.jit(lambda a, b: jnp.einsum("bmk,bnk->bmn", a, b))
     calls = {}
     for i, (name, shape) in enumerate(SHAPES.items()):
@@ -100,7 +104,13 @@ def measure(quick: bool) -> dict:
             ms[name] = min(ms[name], median_ms(call, 10 if quick else 40))
     shapes = {}
     for name, (B, M, K, N) in SHAPES.items():
-        shapes[name] = {"batch": B, "m": M, "k": K, "n": N, "gflops": 2 * B * M * K * N / ms[name] / 1e6}
+        shapes[name] = {
+            "batch": B,
+            "m": M,
+            "k": K,
+            "n": N,
+            "gflops": 2 * B * M * K * N / ms[name] / 1e6,
+        }
     return {"shapes": shapes, "independent_pair_ratio": ms["pair"] / ms["experts_down"]}
 
 
@@ -127,8 +137,13 @@ def main(argv: list[str] | None = None) -> dict:
         return measured
     log("the same, pinned to one core:")
     single = one_core(args.quick)
-    report = {"backend": jax.default_backend(), "jax_version": jax.__version__,
-              "cpu_count": os.cpu_count(), "one_core_pinned": single is not None, **measured}
+    report = {
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "one_core_pinned": single is not None,
+        **measured,
+    }
     for name, row in report["shapes"].items():
         row["gflops_one_core"] = single["shapes"][name]["gflops"] if single else None
         row["core_speedup"] = row["gflops"] / row["gflops_one_core"] if single else None
@@ -136,16 +151,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{report['backend']}, jax {report['jax_version']}, {report['cpu_count']} cores; "
-              "float32 GFLOP/s, medians")
-        print(f"{'':20s}{'(B, M, K, N)':>22s}{'every core':>12s}{'one core':>10s}{'every / one':>13s}")
+        print(
+            f"{report['backend']}, jax {report['jax_version']}, {report['cpu_count']} cores; "
+            "float32 GFLOP/s, medians"
+        )
+        print(
+            f"{'':20s}{'(B, M, K, N)':>22s}{'every core':>12s}{'one core':>10s}{'every / one':>13s}"
+        )
         for name, r in report["shapes"].items():
             one = "-" if r["gflops_one_core"] is None else f"{r['gflops_one_core']:.0f}"
             speedup = "-" if r["core_speedup"] is None else f"{r['core_speedup']:.2f}x"
             shape = f"({r['batch']}, {r['m']}, {r['k']}, {r['n']})"
             print(f"{name:20s}{shape:>22s}{r['gflops']:>12.0f}{one:>10s}{speedup:>13s}")
-        print(f"two independent experts_down matmuls in one program take "
-              f"{report['independent_pair_ratio']:.2f}x one")
+        print(
+            f"two independent experts_down matmuls in one program take "
+            f"{report['independent_pair_ratio']:.2f}x one"
+        )
     return report
 
 

@@ -52,7 +52,9 @@ from minids.model import KVCache, Transformer
 
 CONTEXTS = (256, 1024, 4096)
 BATCH = 4
-MLA = MLAConfig(q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32)
+MLA = MLAConfig(
+    q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32
+)
 
 
 def configs():
@@ -73,8 +75,11 @@ def decode_one(model, tokens, positions, cache):
 def full_cache(model: Transformer, context: int) -> KVCache:
     """A cache with `context` filled slots and one free slot for the new token."""
     cache = model.init_cache(BATCH, context + 1)
-    return KVCache(layers=cache.layers, key_mask=jnp.ones_like(cache.key_mask),
-                   index=jnp.asarray(context, jnp.int32))
+    return KVCache(
+        layers=cache.layers,
+        key_mask=jnp.ones_like(cache.key_mask),
+        index=jnp.asarray(context, jnp.int32),
+    )
 
 
 def bench_context(models: dict, context: int, repeats: int) -> dict:
@@ -90,8 +95,10 @@ def bench_context(models: dict, context: int, repeats: int) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
-          f"one decode step for {report['batch']} sequences, median over interleaved repeats")
+    print(
+        f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
+        f"one decode step for {report['batch']} sequences, median over interleaved repeats"
+    )
     cache = report["cache_bytes_per_token"]
     print(f"{'':28s}" + "".join(f"{name:>14s}" for name in cache))
     print(f"{'cache bytes / token':28s}" + "".join(f"{b:>14,d}" for b in cache.values()))
@@ -112,9 +119,13 @@ def main(argv: list[str] | None = None) -> dict:
     models = {name: Transformer(cfg, rngs=nnx.Rngs(0)) for name, cfg in cfgs.items()}
     cache_bytes = {name: kv_cache_bytes_per_token(cfg) for name, cfg in cfgs.items()}
     report = {
-        "backend": jax.default_backend(), "jax_version": jax.__version__, "cpu_count": os.cpu_count(),
-        "batch": BATCH, "cache_bytes_per_token": cache_bytes,
-        "mha_over_mla_cache": cache_bytes["mha"] / cache_bytes["mla_absorbed"], "contexts": {},
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "batch": BATCH,
+        "cache_bytes_per_token": cache_bytes,
+        "mha_over_mla_cache": cache_bytes["mha"] / cache_bytes["mla_absorbed"],
+        "contexts": {},
     }
     for context in CONTEXTS:
         repeats = 5 if args.quick else 15

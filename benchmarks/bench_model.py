@@ -51,8 +51,15 @@ BATCH = 64
 def dense_twin():
     """A dense model like tiny_v3 whose matmul weights per token match tiny_v3's activated ones."""
     v3 = preset("tiny_v3")
-    base = preset("tiny", d_model=v3.d_model, n_layers=v3.n_layers, n_heads=v3.n_heads,
-                  n_kv_heads=v3.n_heads, head_dim=16, max_seq_len=v3.max_seq_len)
+    base = preset(
+        "tiny",
+        d_model=v3.d_model,
+        n_layers=v3.n_layers,
+        n_heads=v3.n_heads,
+        n_kv_heads=v3.n_heads,
+        head_dim=16,
+        max_seq_len=v3.max_seq_len,
+    )
     per_unit = 3 * base.d_model * base.n_layers  # matmul weights per unit of FFN width
     width = round((matmul_params(v3) - matmul_params(base.replace(ffn_dim=1))) / per_unit) + 1
     return base.replace(ffn_dim=width)
@@ -92,25 +99,37 @@ def main(argv: list[str] | None = None) -> dict:
             jax.block_until_ready(metrics)
             times[name].append((time.perf_counter() - t) / steps)
     clock.tick(2)
-    report = {"backend": jax.default_backend(), "jax_version": jax.__version__,
-              "cpu_count": os.cpu_count(), "matmul_gflops": clock.gflops, "models": {}}
+    report = {
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "matmul_gflops": clock.gflops,
+        "models": {},
+    }
     for name, cfg in cfgs.items():
         step = float(np.median(times[name]))
         fpt = training_flops_per_token(cfg, T)
         counts = param_counts(cfg)
         tokens_per_s = BATCH * T / step
         report["models"][name] = {
-            "params": counts.total, "activated_params": counts.activated, "flops_per_token": fpt,
-            "step_ms": 1e3 * step, "train_tokens_per_s": tokens_per_s,
+            "params": counts.total,
+            "activated_params": counts.activated,
+            "flops_per_token": fpt,
+            "step_ms": 1e3 * step,
+            "train_tokens_per_s": tokens_per_s,
             "model_gflops": fpt * tokens_per_s / 1e9,
             "matmul_fraction": fpt * tokens_per_s / 1e9 / clock.gflops,
         }
-    report["v3_over_dense_step"] = report["models"]["tiny_v3"]["step_ms"] / report["models"]["dense"]["step_ms"]
+    report["v3_over_dense_step"] = (
+        report["models"]["tiny_v3"]["step_ms"] / report["models"]["dense"]["step_ms"]
+    )
     if args.json:
         print(json.dumps(report))
         return report
-    print(f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
-          f"train_step on {BATCH} x {T} tokens; measured matmul rate {clock.gflops:.0f} GFLOP/s")
+    print(
+        f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
+        f"train_step on {BATCH} x {T} tokens; measured matmul rate {clock.gflops:.0f} GFLOP/s"
+    )
     rows = [
         ("parameters, total", lambda r: f"{r['params']:,}"),
         ("parameters, activated", lambda r: f"{r['activated_params']:,}"),

@@ -56,10 +56,20 @@ from minids.moe import MoE, MoEConfig
 
 # name: (preset, batch, seq_len, MoEConfig fields, timed repeats)
 SIZES = {
-    "tiny": ("tiny", 64, 32, dict(n_routed_experts=8, experts_per_token=2, n_shared_experts=1,
-                                  expert_ffn_dim=128), 60),
-    "small": ("small", 16, 256, dict(n_routed_experts=16, experts_per_token=2, n_shared_experts=1,
-                                     expert_ffn_dim=256), 10),
+    "tiny": (
+        "tiny",
+        64,
+        32,
+        dict(n_routed_experts=8, experts_per_token=2, n_shared_experts=1, expert_ffn_dim=128),
+        60,
+    ),
+    "small": (
+        "small",
+        16,
+        256,
+        dict(n_routed_experts=16, experts_per_token=2, n_shared_experts=1, expert_ffn_dim=256),
+        10,
+    ),
 }
 
 
@@ -92,8 +102,10 @@ def bench_size(name: str, quick: bool) -> dict:
     layers = {
         "dense": SwiGLU(cfg, ffn_dim=dense_width, rngs=nnx.Rngs(0)),
         "fast": MoE(cfg, rngs=nnx.Rngs(0)),
-        "reference": MoE(dataclasses.replace(cfg, moe=dataclasses.replace(moe_cfg, dispatch="reference")),
-                         rngs=nnx.Rngs(0)),
+        "reference": MoE(
+            dataclasses.replace(cfg, moe=dataclasses.replace(moe_cfg, dispatch="reference")),
+            rngs=nnx.Rngs(0),
+        ),
     }
     max_vio = float(layers["fast"](x)[1]["max_vio"])
     calls = {label: forward_backward(layer, x) for label, layer in layers.items()}
@@ -101,24 +113,38 @@ def bench_size(name: str, quick: bool) -> dict:
     # moves its time by several percent (an MoE layer after the reference dispatch, which sweeps
     # E times the memory, ran 4-6% slower at `tiny` than after the dense layer).
     ms = interleaved_ms({k: calls[k] for k in ("dense", "fast")}, repeats, label=f"{name}: ")
-    ms_ref = interleaved_ms({k: calls[k] for k in ("dense", "reference")}, max(3, repeats // 3),
-                            label=f"{name}: ")
+    ms_ref = interleaved_ms(
+        {k: calls[k] for k in ("dense", "reference")}, max(3, repeats // 3), label=f"{name}: "
+    )
     ms["reference"] = ms_ref["reference"] * ms["dense"] / ms_ref["dense"]
     return {
-        "tokens": batch * seq_len, "d_model": cfg.d_model, **fields,
-        "dense_ffn_dim": dense_width, "max_vio": max_vio,
-        "dense_ms": ms["dense"], "fast_ms": ms["fast"], "reference_ms": ms["reference"],
-        "fast_ratio": ms["fast"] / ms["dense"], "reference_ratio": ms["reference"] / ms["dense"],
+        "tokens": batch * seq_len,
+        "d_model": cfg.d_model,
+        **fields,
+        "dense_ffn_dim": dense_width,
+        "max_vio": max_vio,
+        "dense_ms": ms["dense"],
+        "fast_ms": ms["fast"],
+        "reference_ms": ms["reference"],
+        "fast_ratio": ms["fast"] / ms["dense"],
+        "reference_ratio": ms["reference"] / ms["dense"],
     }
 
 
 def print_table(report: dict) -> None:
-    print(f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
-          "forward + backward of one layer, median over interleaved repeats")
+    print(
+        f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
+        "forward + backward of one layer, median over interleaved repeats"
+    )
     rows = [
         ("tokens per call", lambda r: f"{r['tokens']}"),
-        ("E routed / K / shared, F", lambda r: f"{r['n_routed_experts']} / {r['experts_per_token']} / "
-                                               f"{r['n_shared_experts']}, {r['expert_ffn_dim']}"),
+        (
+            "E routed / K / shared, F",
+            lambda r: (
+                f"{r['n_routed_experts']} / {r['experts_per_token']} / "
+                f"{r['n_shared_experts']}, {r['expert_ffn_dim']}"
+            ),
+        ),
         ("dense SwiGLU width", lambda r: f"{r['dense_ffn_dim']}"),
         ("router MaxVio (untrained)", lambda r: f"{r['max_vio']:.2f}"),
         ("dense SwiGLU", lambda r: f"{r['dense_ms']:.1f} ms"),
@@ -132,14 +158,22 @@ def print_table(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), action="append",
-                        help="measure only this size (repeatable; default: tiny and small)")
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        action="append",
+        help="measure only this size (repeatable; default: tiny and small)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    report = {"backend": jax.default_backend(), "jax_version": jax.__version__,
-              "cpu_count": os.cpu_count(), "sizes": {}}
+    report = {
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "sizes": {},
+    }
     for name in args.size or list(SIZES):
         log(f"{name}:")
         report["sizes"][name] = bench_size(name, args.quick)

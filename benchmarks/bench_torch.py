@@ -116,8 +116,10 @@ def torch_model(cfg):
             self.blocks = nn.ModuleList([Block() for _ in range(cfg.n_layers)])
             self.norm = RMSNorm()
             self.head = nn.Linear(D, cfg.vocab_size, bias=False)
-            angles = (torch.arange(cfg.max_seq_len, dtype=torch.float32)[:, None]
-                      * cfg.rope_theta ** (-torch.arange(0, H, 2, dtype=torch.float32) / H)[None, :])
+            angles = (
+                torch.arange(cfg.max_seq_len, dtype=torch.float32)[:, None]
+                * cfg.rope_theta ** (-torch.arange(0, H, 2, dtype=torch.float32) / H)[None, :]
+            )
             self.register_buffer("cos", angles.cos(), persistent=False)
             self.register_buffer("sin", angles.sin(), persistent=False)
 
@@ -139,8 +141,11 @@ def torch_step(model, inputs, targets):
 
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3,
+        betas=(0.9, 0.95),
+    )
     params = list(model.parameters())
 
     def step(forward):
@@ -180,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     module, n_matmul = torch_model(cfg)
     if n_matmul != matmul_params(cfg):
-        raise AssertionError(f"the PyTorch model has {n_matmul} matmul weights, minids {matmul_params(cfg)}")
+        raise AssertionError(
+            f"the PyTorch model has {n_matmul} matmul weights, minids {matmul_params(cfg)}"
+        )
     inputs, targets = (torch.from_numpy(tokens[k]).long() for k in ("inputs", "targets"))
     step = torch_step(module, inputs, targets)
     at, out = torch.randn(MATMUL_N, MATMUL_N), torch.empty(MATMUL_N, MATMUL_N)
@@ -198,7 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"  torch.compile took {time.perf_counter() - t:.0f} s")
         calls["torch_compiled"] = lambda: step(compiled)
     except Exception as err:  # no C++ compiler, or an unsupported platform: report, don't fail
-        log(f"  torch.compile failed ({type(err).__name__}: {str(err)[:200]}); torch_compiled is null")
+        log(
+            f"  torch.compile failed ({type(err).__name__}: {str(err)[:200]}); torch_compiled is null"
+        )
     samples: dict[str, list[float]] = {}
     ms = interleaved_ms(calls, 4 if args.quick else 12, samples=samples)
 
@@ -212,14 +221,24 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         fw = "jax" if name == "minids" else "torch"
         gflops = fpt * BATCH * T / ms[name] / 1e6
-        steps[name] = {"step_ms": ms[name], "matmul_fraction": gflops / rates[fw],
-                       "matmul_fraction_best": gflops / best[fw]}
+        steps[name] = {
+            "step_ms": ms[name],
+            "matmul_fraction": gflops / rates[fw],
+            "matmul_fraction_best": gflops / best[fw],
+        }
     compiled_ms = ms.get("torch_compiled")
     report = {
-        "backend": jax.default_backend(), "jax_version": jax.__version__, "torch_version": torch.__version__,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "batch": BATCH, "seq_len": T, "flops_per_token": fpt,
-        "jax_matmul_gflops": rates["jax"], "torch_matmul_gflops": rates["torch"], "steps": steps,
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "torch_version": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "batch": BATCH,
+        "seq_len": T,
+        "flops_per_token": fpt,
+        "jax_matmul_gflops": rates["jax"],
+        "torch_matmul_gflops": rates["torch"],
+        "steps": steps,
         "minids_over_torch_eager": ms["minids"] / ms["torch_eager"],
         "minids_over_torch_compiled": None if compiled_ms is None else ms["minids"] / compiled_ms,
     }
@@ -227,18 +246,29 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"jax {report['jax_version']} (float32 matmul {rates['jax']:.0f} GFLOP/s), torch "
-              f"{report['torch_version']} ({rates['torch']:.0f} GFLOP/s, {report['torch_threads']} threads), "
-              f"{report['cpu_count']} CPUs; `small`, {BATCH} x {T} tokens per step, medians")
+        print(
+            f"jax {report['jax_version']} (float32 matmul {rates['jax']:.0f} GFLOP/s), torch "
+            f"{report['torch_version']} ({rates['torch']:.0f} GFLOP/s, {report['torch_threads']} threads), "
+            f"{report['cpu_count']} CPUs; `small`, {BATCH} x {T} tokens per step, medians"
+        )
         shown = {k: v for k, v in steps.items() if v is not None}
-        print_columns(shown, [
-            ("train step", lambda r: f"{r['step_ms']:.0f} ms"),
-            ("fraction of matmul rate", lambda r: f"{r['matmul_fraction']:.1%}"),
-            ("  (of the run's best matmul)", lambda r: f"{r['matmul_fraction_best']:.1%}"),
-        ], width=16)
-        print(f"minids step / eager PyTorch step: {report['minids_over_torch_eager']:.2f}x"
-              + ("" if compiled_ms is None else
-                 f"; / compiled PyTorch step: {report['minids_over_torch_compiled']:.2f}x"))
+        print_columns(
+            shown,
+            [
+                ("train step", lambda r: f"{r['step_ms']:.0f} ms"),
+                ("fraction of matmul rate", lambda r: f"{r['matmul_fraction']:.1%}"),
+                ("  (of the run's best matmul)", lambda r: f"{r['matmul_fraction_best']:.1%}"),
+            ],
+            width=16,
+        )
+        print(
+            f"minids step / eager PyTorch step: {report['minids_over_torch_eager']:.2f}x"
+            + (
+                ""
+                if compiled_ms is None
+                else f"; / compiled PyTorch step: {report['minids_over_torch_compiled']:.2f}x"
+            )
+        )
     return report
 
 

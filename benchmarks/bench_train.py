@@ -149,10 +149,15 @@ def bench_train(name: str, clock: MatmulClock, quick: bool) -> dict:
     tokens_per_s = batch_size * seq_len / step
     model_gflops = fpt * tokens_per_s / 1e9
     return {
-        "batch": batch_size, "seq_len": seq_len, "params": count_params(model),
-        "matmul_params": matmul_params(cfg), "flops_per_token": fpt,
-        "step_ms": 1e3 * step, "step_ms_min": 1e3 * min(times),
-        "train_tokens_per_s": tokens_per_s, "model_gflops": model_gflops,
+        "batch": batch_size,
+        "seq_len": seq_len,
+        "params": count_params(model),
+        "matmul_params": matmul_params(cfg),
+        "flops_per_token": fpt,
+        "step_ms": 1e3 * step,
+        "step_ms_min": 1e3 * min(times),
+        "train_tokens_per_s": tokens_per_s,
+        "model_gflops": model_gflops,
         "matmul_fraction_paired": float(np.median(paired)),
     }
 
@@ -160,16 +165,26 @@ def bench_train(name: str, clock: MatmulClock, quick: bool) -> dict:
 def bench_generate(name: str, quick: bool) -> dict:
     model = Transformer(preset(name))
     rng = np.random.default_rng(1)
-    prompts = [list(map(int, rng.integers(3, model.cfg.vocab_size, GEN_PROMPT_LEN)))
-               for _ in range(GEN_BATCH)]
+    prompts = [
+        list(map(int, rng.integers(3, model.cfg.vocab_size, GEN_PROMPT_LEN)))
+        for _ in range(GEN_BATCH)
+    ]
     kwargs = dict(max_new_tokens=GEN_NEW_TOKENS, eos_id=-1)  # no EOS: every sequence runs to 128
-    result = {"gen_batch": GEN_BATCH, "gen_prompt_len": GEN_PROMPT_LEN, "gen_new_tokens": GEN_NEW_TOKENS}
+    result = {
+        "gen_batch": GEN_BATCH,
+        "gen_prompt_len": GEN_PROMPT_LEN,
+        "gen_new_tokens": GEN_NEW_TOKENS,
+    }
     outputs = {}
-    for label, fn, repeats in (("cached", generate, 3 if quick else 5),
-                               ("recompute", generate_recompute, 1 if quick else 2)):
+    for label, fn, repeats in (
+        ("cached", generate, 3 if quick else 5),
+        ("recompute", generate_recompute, 1 if quick else 2),
+    ):
         t0 = time.perf_counter()
         fn(model, prompts, **kwargs)  # compile + one run
-        log(f"  {name}: {label} generation compiled and run once in {time.perf_counter() - t0:.1f} s")
+        log(
+            f"  {name}: {label} generation compiled and run once in {time.perf_counter() - t0:.1f} s"
+        )
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -177,18 +192,25 @@ def bench_generate(name: str, quick: bool) -> dict:
             times.append(time.perf_counter() - t)
         result[f"{label}_tokens_per_s"] = GEN_BATCH * GEN_NEW_TOKENS / float(np.median(times))
     if not np.array_equal(outputs["cached"], outputs["recompute"]):
-        log(f"  {name}: WARNING cached and recomputed greedy tokens differ "
-            f"({np.mean(outputs['cached'] != outputs['recompute']):.1%} of them)")
+        log(
+            f"  {name}: WARNING cached and recomputed greedy tokens differ "
+            f"({np.mean(outputs['cached'] != outputs['recompute']):.1%} of them)"
+        )
     result["cache_speedup"] = result["cached_tokens_per_s"] / result["recompute_tokens_per_s"]
     return result
 
 
 def print_table(report: dict) -> None:
-    print(f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
-          f"dense float32 matmul ({MATMUL_N}^2, best of run): {report['matmul_gflops']:.0f} GFLOP/s")
+    print(
+        f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
+        f"dense float32 matmul ({MATMUL_N}^2, best of run): {report['matmul_gflops']:.0f} GFLOP/s"
+    )
     rows = [
         ("training batch (B x T)", lambda r: f"{r['batch']} x {r['seq_len']}"),
-        ("parameters (matmul)", lambda r: f"{r['params'] / 1e6:.2f}M ({r['matmul_params'] / 1e6:.2f}M)"),
+        (
+            "parameters (matmul)",
+            lambda r: f"{r['params'] / 1e6:.2f}M ({r['matmul_params'] / 1e6:.2f}M)",
+        ),
         ("model FLOPs / token", lambda r: f"{r['flops_per_token'] / 1e6:.2f}M"),
         ("train step, median (min)", lambda r: f"{r['step_ms']:.1f} ({r['step_ms_min']:.1f}) ms"),
         ("training tokens / s", lambda r: f"{r['train_tokens_per_s']:,.0f}"),
@@ -205,8 +227,12 @@ def print_table(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(TRAIN_SHAPES), action="append",
-                        help="measure only this preset (repeatable; default: tiny and small)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(TRAIN_SHAPES),
+        action="append",
+        help="measure only this preset (repeatable; default: tiny and small)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     args = parser.parse_args(argv)
@@ -215,12 +241,18 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     clock = MatmulClock()
     clock.tick(5)
-    report = {"backend": jax.default_backend(), "jax_version": jax.__version__,
-              "cpu_count": os.cpu_count(), "presets": {}}
+    report = {
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "presets": {},
+    }
     for name in names:
         log(f"{name}:")
-        report["presets"][name] = {**bench_train(name, clock, args.quick),
-                                   **bench_generate(name, args.quick)}
+        report["presets"][name] = {
+            **bench_train(name, clock, args.quick),
+            **bench_generate(name, args.quick),
+        }
     report["matmul_gflops"] = clock.gflops
     for r in report["presets"].values():
         r["matmul_fraction"] = r["model_gflops"] / clock.gflops

@@ -32,8 +32,13 @@ from minids.layers import apply_rope  # noqa: F401  (exercise 00's RoPE: rotate-
 
 
 def latent_kv(
-    x: Float[Array, "B T D"], w_dkv: Float[Array, "D CR"], norm_scale: Float[Array, " C"],
-    positions: Int[Array, "B T"], kv_lora_rank: int, rope_theta: float = 10_000.0, eps: float = 1e-6,
+    x: Float[Array, "B T D"],
+    w_dkv: Float[Array, "D CR"],
+    norm_scale: Float[Array, " C"],
+    positions: Int[Array, "B T"],
+    kv_lora_rank: int,
+    rope_theta: float = 10_000.0,
+    eps: float = 1e-6,
 ) -> tuple[Float[Array, "B T C"], Float[Array, "B T R"]]:
     """The two things MLA caches for each token (V2 eqs. 9 and 15).
 
@@ -75,8 +80,12 @@ def latent_kv(
 
 
 def absorbed_scores(
-    q_nope: Float[Array, "B T N Hn"], q_rope: Float[Array, "B T N R"], c_kv: Float[Array, "B S C"],
-    k_rope: Float[Array, "B S R"], w_uk: Float[Array, "C N Hn"], scale: float,
+    q_nope: Float[Array, "B T N Hn"],
+    q_rope: Float[Array, "B T N R"],
+    c_kv: Float[Array, "B S C"],
+    k_rope: Float[Array, "B S R"],
+    w_uk: Float[Array, "C N Hn"],
+    scale: float,
 ) -> Float[Array, "B N T S"]:
     """Attention scores of every query against every cached token, in latent space.
 

@@ -39,7 +39,9 @@ FORMAT_DTYPE = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
 
 
 def quantize(
-    x: Float[Array, "R C"], fmt: str = "e4m3", block: tuple[int, int] | None = (1, 128),
+    x: Float[Array, "R C"],
+    fmt: str = "e4m3",
+    block: tuple[int, int] | None = (1, 128),
     pow2_scale: bool = False,
 ) -> tuple[Array, Float[Array, "..."]]:
     """Cast x to FP8 block by block: return (q, scale).

@@ -29,8 +29,10 @@ from jaxtyping import Array, Float
 
 
 def distillation_loss(
-    student_logits: Float[Array, "B T V"], teacher_logits: Float[Array, "B T V"],
-    temperature: float = 1.0, mask: Float[Array, "B T"] | None = None,
+    student_logits: Float[Array, "B T V"],
+    teacher_logits: Float[Array, "B T V"],
+    temperature: float = 1.0,
+    mask: Float[Array, "B T"] | None = None,
 ) -> Float[Array, ""]:
     """T^2 times the KL divergence from the teacher's softened distribution to the student's.
 

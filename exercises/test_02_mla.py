@@ -58,8 +58,9 @@ def latent_inputs(seed=0):
 
 
 def call_latent(x, w, scale, positions, eps=1e-6):
-    result = latent_kv(jnp.asarray(x), jnp.asarray(w), jnp.asarray(scale), jnp.asarray(positions),
-                       C, 10_000.0, eps)
+    result = latent_kv(
+        jnp.asarray(x), jnp.asarray(w), jnp.asarray(scale), jnp.asarray(positions), C, 10_000.0, eps
+    )
     if not isinstance(result, tuple | list) or len(result) != 2:
         fail(f"{LATENT} should return a pair (c_kv, k_rope), got {type(result).__name__}")
     c_kv, k_rope = result
@@ -69,8 +70,13 @@ def call_latent(x, w, scale, positions, eps=1e-6):
 
 
 def score_inputs(seed=10):
-    return (randn((B, T, N, HN), seed), randn((B, T, N, R), seed + 1), randn((B, S, C), seed + 2),
-            randn((B, S, R), seed + 3), randn((C, N, HN), seed + 4) / np.sqrt(C))
+    return (
+        randn((B, T, N, HN), seed),
+        randn((B, T, N, R), seed + 1),
+        randn((B, S, C), seed + 2),
+        randn((B, S, R), seed + 3),
+        randn((C, N, HN), seed + 4) / np.sqrt(C),
+    )
 
 
 def naive_np(q_nope, q_rope, c_kv, k_rope, w_uk, scale, nope=True, rope=True):
@@ -86,8 +92,12 @@ def naive_np(q_nope, q_rope, c_kv, k_rope, w_uk, scale, nope=True, rope=True):
 
 def call_absorbed(*args):
     got = absorbed_scores(*[jnp.asarray(a) for a in args[:5]], args[5])
-    check_shape(ABSORBED, got, (args[0].shape[0], args[0].shape[2], args[0].shape[1], args[2].shape[1]),
-                letters="B N T S")
+    check_shape(
+        ABSORBED,
+        got,
+        (args[0].shape[0], args[0].shape[2], args[0].shape[1], args[2].shape[1]),
+        letters="B N T S",
+    )
     return got
 
 
@@ -109,37 +119,59 @@ def test_latent_is_the_rms_normalised_first_c_channels():
     kv = np.einsum("btd,dk->btk", x.astype(np.float64), w)
     latent = kv[..., :C]
     want = latent / np.sqrt(np.mean(latent**2, axis=-1, keepdims=True) + 1e-6)
-    check_close(LATENT, c_kv, want, atol=1e-4, what="c_kv with norm_scale = 1",
-                hint="c_kv = kv[..., :C] / sqrt(mean(kv[..., :C]**2 over the C channels) + eps), "
-                "with kv = x @ w_dkv; the mean runs over the last axis only.")
+    check_close(
+        LATENT,
+        c_kv,
+        want,
+        atol=1e-4,
+        what="c_kv with norm_scale = 1",
+        hint="c_kv = kv[..., :C] / sqrt(mean(kv[..., :C]**2 over the C channels) + eps), "
+        "with kv = x @ w_dkv; the mean runs over the last axis only.",
+    )
 
 
 def test_norm_scale_multiplies_the_latent():
     x, w, scale, positions = latent_inputs()
     plain, _ = call_latent(x, w, np.ones(C, np.float32), positions)
     scaled, _ = call_latent(x, w, scale, positions)
-    check_close(LATENT, scaled, plain * scale.astype(np.float64), atol=1e-4,
-                what="c_kv with a norm_scale against c_kv with norm_scale = 1, times norm_scale",
-                hint="multiply the normalised latent by norm_scale, channel by channel.")
+    check_close(
+        LATENT,
+        scaled,
+        plain * scale.astype(np.float64),
+        atol=1e-4,
+        what="c_kv with a norm_scale against c_kv with norm_scale = 1, times norm_scale",
+        hint="multiply the normalised latent by norm_scale, channel by channel.",
+    )
 
 
 def test_rope_key_is_unrotated_at_position_zero():
     x, w, scale, _ = latent_inputs()
     _, k_rope = call_latent(x, w, scale, np.zeros((B, T), np.int32))
     want = np.einsum("btd,dk->btk", x.astype(np.float64), w)[..., C:]
-    check_close(LATENT, k_rope, want, atol=1e-4, what="k_rope at position 0 (no rotation)",
-                hint="k_rope is the last R channels of x @ w_dkv (after the C latent channels); it "
-                "is not normalised.")
+    check_close(
+        LATENT,
+        k_rope,
+        want,
+        atol=1e-4,
+        what="k_rope at position 0 (no rotation)",
+        hint="k_rope is the last R channels of x @ w_dkv (after the C latent channels); it "
+        "is not normalised.",
+    )
 
 
 def test_rope_key_is_rotated_by_its_position():
     x, w, scale, positions = latent_inputs()
     _, k_rope = call_latent(x, w, scale, positions)
     raw = np.einsum("btd,dk->btk", x.astype(np.float64), w)[..., C:]
-    check_close(LATENT, k_rope, rope_np(raw, positions), atol=1e-4,
-                what="k_rope at positions 3..7",
-                hint="rotate the last R channels with RoPE (pairs (i, i + R/2)) at each token's "
-                "position: apply_rope(k[:, :, None, :], positions)[:, :, 0, :].")
+    check_close(
+        LATENT,
+        k_rope,
+        rope_np(raw, positions),
+        atol=1e-4,
+        what="k_rope at positions 3..7",
+        hint="rotate the last R channels with RoPE (pairs (i, i + R/2)) at each token's "
+        "position: apply_rope(k[:, :, None, :], positions)[:, :, 0, :].",
+    )
 
 
 def test_rope_scores_depend_only_on_the_position_difference():
@@ -149,9 +181,14 @@ def test_rope_scores_depend_only_on_the_position_difference():
     _, k_b = call_latent(x, w, scale, near + 20)
     dots_a = np.einsum("btr,bsr->bts", k_a, k_a)
     dots_b = np.einsum("btr,bsr->bts", k_b, k_b)
-    check_close(LATENT, dots_b, dots_a, atol=1e-3,
-                what="k_rope(m) . k_rope(n) with every position shifted by 20",
-                hint="a rotation by each position's angle keeps dot products a function of m - n.")
+    check_close(
+        LATENT,
+        dots_b,
+        dots_a,
+        atol=1e-3,
+        what="k_rope(m) . k_rope(n) with every position shifted by 20",
+        hint="a rotation by each position's angle keeps dot products a function of m - n.",
+    )
 
 
 def test_latent_kv_works_under_jit():
@@ -159,15 +196,21 @@ def test_latent_kv_works_under_jit():
     eager = call_latent(x, w, scale, positions)
     with explain_tracer_errors(LATENT, "jax.jit"):
         jitted = jax.jit(latent_kv, static_argnums=(4,))(
-            jnp.asarray(x), jnp.asarray(w), jnp.asarray(scale), jnp.asarray(positions), C)
+            jnp.asarray(x), jnp.asarray(w), jnp.asarray(scale), jnp.asarray(positions), C
+        )
     for name, got, want in zip(("c_kv", "k_rope"), jitted, eager, strict=True):
         check_close(LATENT, got, want, atol=1e-5, what=f"{name} under jax.jit against eager")
 
 
 def test_latent_kv_keeps_the_input_dtype():
     x, w, scale, positions = latent_inputs()
-    c_kv, k_rope = latent_kv(jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16),
-                             jnp.asarray(scale), jnp.asarray(positions), C)
+    c_kv, k_rope = latent_kv(
+        jnp.asarray(x, jnp.bfloat16),
+        jnp.asarray(w, jnp.bfloat16),
+        jnp.asarray(scale),
+        jnp.asarray(positions),
+        C,
+    )
     check_dtype(LATENT, c_kv, jnp.bfloat16, hint="cast the normalised latent back to x.dtype.")
     check_dtype(LATENT, k_rope, jnp.bfloat16)
 
@@ -191,16 +234,24 @@ def test_absorbed_scores_equal_the_naive_scores():
     # Say which term is off.
     hints = {
         "the scale is missing": naive_np(*args, 1.0),
-        "only the latent (nope) term is there; add q_rope . k_rope": naive_np(*args, 0.25, rope=False),
+        "only the latent (nope) term is there; add q_rope . k_rope": naive_np(
+            *args, 0.25, rope=False
+        ),
         "only the rope term is there; add the latent term": naive_np(*args, 0.25, nope=False),
     }
     for hint, wrong in hints.items():
         if np.allclose(got, wrong, atol=1e-4):
             fail(f"{ABSORBED}: differs from the naive scores: {hint}.")
-    check_close(ABSORBED, got, want, atol=1e-4, what="against the naive scores (rebuild keys, then q . k)",
-                hint="q_latent = einsum('BTNH,CNH->BTNC', q_nope, w_uk), then "
-                "einsum('BTNC,BSC->BNTS', q_latent, c_kv) + einsum('BTNR,BSR->BNTS', q_rope, k_rope), "
-                "all times scale.")
+    check_close(
+        ABSORBED,
+        got,
+        want,
+        atol=1e-4,
+        what="against the naive scores (rebuild keys, then q . k)",
+        hint="q_latent = einsum('BTNH,CNH->BTNC', q_nope, w_uk), then "
+        "einsum('BTNC,BSC->BNTS', q_latent, c_kv) + einsum('BTNR,BSR->BNTS', q_rope, k_rope), "
+        "all times scale.",
+    )
 
 
 def test_absorbed_scores_by_hand():
@@ -214,17 +265,29 @@ def test_absorbed_scores_by_hand():
     k_rope = np.array([[[0.0, 1.0], [1.0, 1.0]]], np.float32)
     w_uk = np.array([[[1.0]], [[2.0]]], np.float32)
     got = call_absorbed(q_nope, q_rope, c_kv, k_rope, w_uk, 0.5)
-    check_close(ABSORBED, got, [[[[2.0, 4.0]]]], atol=1e-5, what="the hand-worked example",
-                hint="scores = scale * (q_latent . c_kv + q_rope . k_rope) with q_latent[c] = "
-                "sum_h q_nope[h] * w_uk[c, n, h].")
+    check_close(
+        ABSORBED,
+        got,
+        [[[[2.0, 4.0]]]],
+        atol=1e-5,
+        what="the hand-worked example",
+        hint="scores = scale * (q_latent . c_kv + q_rope . k_rope) with q_latent[c] = "
+        "sum_h q_nope[h] * w_uk[c, n, h].",
+    )
 
 
 def test_scale_multiplies_both_terms():
     args = score_inputs(seed=20)
     one = np.asarray(call_absorbed(*args, 1.0), np.float64)
     third = np.asarray(call_absorbed(*args, 1 / 3), np.float64)
-    check_close(ABSORBED, third, one / 3, atol=1e-4, what="scores at scale 1/3 against scale 1, / 3",
-                hint="multiply the sum of both terms by scale.")
+    check_close(
+        ABSORBED,
+        third,
+        one / 3,
+        atol=1e-4,
+        what="scores at scale 1/3 against scale 1, / 3",
+        hint="multiply the sum of both terms by scale.",
+    )
 
 
 def test_absorbed_scores_gradient_matches_the_naive_one():
@@ -233,11 +296,15 @@ def test_absorbed_scores_gradient_matches_the_naive_one():
 
     def naive(q_nope, q_rope, c_kv, k_rope, w_uk):
         k_nope = jnp.einsum("BSC,CNH->BSNH", c_kv, w_uk)
-        return 0.25 * (jnp.einsum("BTNH,BSNH->BNTS", q_nope, k_nope)
-                       + jnp.einsum("BTNR,BSR->BNTS", q_rope, k_rope))
+        return 0.25 * (
+            jnp.einsum("BTNH,BSNH->BNTS", q_nope, k_nope)
+            + jnp.einsum("BTNR,BSR->BNTS", q_rope, k_rope)
+        )
 
     with explain_tracer_errors(ABSORBED, "jax.grad"):
-        got = jax.grad(lambda *a: jnp.sum(absorbed_scores(*a, 0.25) * probe), argnums=(0, 2, 4))(*args)
+        got = jax.grad(lambda *a: jnp.sum(absorbed_scores(*a, 0.25) * probe), argnums=(0, 2, 4))(
+            *args
+        )
     want = jax.grad(lambda *a: jnp.sum(naive(*a) * probe), argnums=(0, 2, 4))(*args)
     for name, g, w in zip(("q_nope", "c_kv", "w_uk"), got, want, strict=True):
         check_close(ABSORBED, g, np.asarray(w), atol=1e-4, what=f"gradient with respect to {name}")
@@ -247,5 +314,7 @@ def test_absorbed_scores_work_under_jit():
     args = score_inputs(seed=50)
     eager = np.asarray(call_absorbed(*args, 0.25))
     with explain_tracer_errors(ABSORBED, "jax.jit"):
-        jitted = jax.jit(absorbed_scores, static_argnums=(5,))(*[jnp.asarray(a) for a in args], 0.25)
+        jitted = jax.jit(absorbed_scores, static_argnums=(5,))(
+            *[jnp.asarray(a) for a in args], 0.25
+        )
     check_close(ABSORBED, jitted, eager, atol=1e-5, what="under jax.jit against eager")

@@ -112,7 +112,11 @@ def test_scale_values_are_block_max_over_448():
     x[0, 5], x[0, 9], x[0, 200], x[1, 0], x[1, 128:] = -7.0, 1.0, 3.0, 0.5, 2.0
     _, scale = pair(quantize(jnp.asarray(x), "e4m3", (1, 128)))
     check_close(
-        QUANTIZE, scale, [[7 / 448, 3 / 448], [0.5 / 448, 2 / 448]], atol=0, rtol=1e-6,
+        QUANTIZE,
+        scale,
+        [[7 / 448, 3 / 448], [0.5 / 448, 2 / 448]],
+        atol=0,
+        rtol=1e-6,
         what="scales of the tiles [row 0: max |x| 7 and 3; row 1: 0.5 and 2]",
         hint="scale = max |x| over the tile (absolute value!) / 448, one per 1x128 tile.",
     )
@@ -122,9 +126,15 @@ def test_e5m2_scales_use_its_own_max():
     x = np.zeros((128, 128), np.float32)
     x[3, 4] = -1000.0
     _, scale = pair(quantize(jnp.asarray(x), "e5m2", (128, 128)))
-    check_close(QUANTIZE, jnp.reshape(scale, (1,)), [1000.0 / E5M2_MAX], atol=0, rtol=1e-6,
-                what="one 128x128 block with max |x| 1000 in E5M2",
-                hint="E5M2's largest value is 57344, not 448.")
+    check_close(
+        QUANTIZE,
+        jnp.reshape(scale, (1,)),
+        [1000.0 / E5M2_MAX],
+        atol=0,
+        rtol=1e-6,
+        what="one 128x128 block with max |x| 1000 in E5M2",
+        hint="E5M2's largest value is 57344, not 448.",
+    )
 
 
 def test_an_outlier_changes_only_its_own_tile():
@@ -134,12 +144,19 @@ def test_an_outlier_changes_only_its_own_tile():
     _, scale2 = pair(quantize(spiked, "e4m3", (1, 128)))
     keep = np.ones((4, 2), bool)
     keep[2, 0] = False
-    check_close(QUANTIZE, np.asarray(scale2)[keep], np.asarray(scale, np.float64)[keep], atol=0,
-                what="scales of the tiles without the outlier",
-                hint="each 1x128 tile takes its own max: reduce over the tile, not the row or tensor.")
+    check_close(
+        QUANTIZE,
+        np.asarray(scale2)[keep],
+        np.asarray(scale, np.float64)[keep],
+        atol=0,
+        what="scales of the tiles without the outlier",
+        hint="each 1x128 tile takes its own max: reduce over the tile, not the row or tensor.",
+    )
     if not float(np.asarray(scale2)[2, 0]) > 10 * float(np.asarray(scale)[2, 0]):
-        fail(f"{QUANTIZE}: the tile holding the outlier 5000 should get a much larger scale "
-             f"(about 5000 / 448 = 11.2), got {float(np.asarray(scale2)[2, 0]):.4g}")
+        fail(
+            f"{QUANTIZE}: the tile holding the outlier 5000 should get a much larger scale "
+            f"(about 5000 / 448 = 11.2), got {float(np.asarray(scale2)[2, 0]):.4g}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,27 +172,44 @@ def test_round_trip_of_1x128_tiles_with_outlier_channels():
 
 
 def test_round_trip_of_128x128_blocks_and_per_tensor():
-    check_round_trip(random_matrix((256, 256), seed=3, scale=0.02), "e4m3", (128, 128),
-                     "128x128 blocks of small weights")
-    check_round_trip(random_matrix((8, 64), seed=4, scale=1e4), "e4m3", None, "one scale per tensor")
+    check_round_trip(
+        random_matrix((256, 256), seed=3, scale=0.02),
+        "e4m3",
+        (128, 128),
+        "128x128 blocks of small weights",
+    )
+    check_round_trip(
+        random_matrix((8, 64), seed=4, scale=1e4), "e4m3", None, "one scale per tensor"
+    )
 
 
 def test_large_values_never_become_nan():
     x = jnp.asarray([[500.0, -1e6, 3.0, 0.001] * 32], jnp.float32)  # (1, 128)
     q, scale = pair(quantize(x, "e4m3", (1, 128)))
-    check_finite(QUANTIZE, q.astype(jnp.float32), what="q for an input holding 500 and -1e6",
-                 hint="divide by the scale before the cast, and clip to [-448, 448].")
+    check_finite(
+        QUANTIZE,
+        q.astype(jnp.float32),
+        what="q for an input holding 500 and -1e6",
+        hint="divide by the scale before the cast, and clip to [-448, 448].",
+    )
     check_round_trip(x, "e4m3", (1, 128), "a tile holding 500 and -1e6")
 
 
 def test_an_all_zero_tile_quantizes_to_zeros():
     x = jnp.zeros((2, 256), jnp.float32).at[0, 200].set(1.0)  # three all-zero tiles, one not
     q, scale = pair(quantize(x, "e4m3", (1, 128)))
-    check_finite(QUANTIZE, scale, what="the scales", hint="floor max |x| at a tiny positive number.")
+    check_finite(
+        QUANTIZE, scale, what="the scales", hint="floor max |x| at a tiny positive number."
+    )
     if not (np.asarray(scale) > 0).all():
         fail(f"{QUANTIZE}: every scale should be positive (floor the max), got {np.asarray(scale)}")
-    check_close(QUANTIZE, dequantize(q, scale, (1, 128)), np.asarray(x), atol=0,
-                what="zeros stay zeros and the single 1.0 comes back exactly")
+    check_close(
+        QUANTIZE,
+        dequantize(q, scale, (1, 128)),
+        np.asarray(x),
+        atol=0,
+        what="zeros stay zeros and the single 1.0 comes back exactly",
+    )
 
 
 def test_pow2_scales_are_the_next_power_of_two():
@@ -185,11 +219,19 @@ def test_pow2_scales_are_the_next_power_of_two():
     amax = np.abs(np.asarray(x, np.float64)).reshape(4, 1, 2, 128).max(axis=(1, 3))
     exponent = np.log2(s)
     if not np.array_equal(exponent, np.round(exponent)):
-        fail(f"{QUANTIZE}: with pow2_scale=True every scale should be a power of two, got {s.tolist()}")
+        fail(
+            f"{QUANTIZE}: with pow2_scale=True every scale should be a power of two, got {s.tolist()}"
+        )
     want = 2.0 ** np.ceil(np.log2(amax / E4M3_MAX))
     want[1, 0] = 0.25  # 112 / 448 = 0.25 is already a power of two: it must stay
-    check_close(QUANTIZE, s, want, atol=0, what="pow2 scales: the smallest power of two >= max|x|/448",
-                hint="round up, not to the nearest; an exact power of two stays as it is.")
+    check_close(
+        QUANTIZE,
+        s,
+        want,
+        atol=0,
+        what="pow2 scales: the smallest power of two >= max|x|/448",
+        hint="round up, not to the nearest; an exact power of two stays as it is.",
+    )
     check_round_trip(x, "e4m3", (1, 128), "pow2 scales")
 
 
@@ -201,12 +243,21 @@ def test_pow2_scales_are_the_next_power_of_two():
 def test_dequantize_uses_each_tiles_own_scale():
     q = jnp.asarray([[1, 2, 3, 4], [-1, -2, -3, -4]], jnp.float32).astype(jnp.float8_e4m3fn)
     scale = jnp.asarray([[10.0, 100.0], [0.5, 2.0]], jnp.float32)  # (2, 2) for (1, 2) tiles
-    check_close(DEQUANTIZE, dequantize(q, scale, (1, 2)),
-                [[10, 20, 300, 400], [-0.5, -1, -6, -8]], atol=0,
-                what="q = [[1, 2, 3, 4], [-1, -2, -3, -4]] with 1x2 tiles of scales [[10, 100], [0.5, 2]]",
-                hint="tile (i, j) covers q[i, 2j:2j+2] and is multiplied by scale[i, j].")
-    check_close(DEQUANTIZE, dequantize(q, jnp.float32(0.5), None),
-                0.5 * np.asarray(q.astype(jnp.float32)), atol=0, what="one scale 0.5 for the tensor")
+    check_close(
+        DEQUANTIZE,
+        dequantize(q, scale, (1, 2)),
+        [[10, 20, 300, 400], [-0.5, -1, -6, -8]],
+        atol=0,
+        what="q = [[1, 2, 3, 4], [-1, -2, -3, -4]] with 1x2 tiles of scales [[10, 100], [0.5, 2]]",
+        hint="tile (i, j) covers q[i, 2j:2j+2] and is multiplied by scale[i, j].",
+    )
+    check_close(
+        DEQUANTIZE,
+        dequantize(q, jnp.float32(0.5), None),
+        0.5 * np.asarray(q.astype(jnp.float32)),
+        atol=0,
+        what="one scale 0.5 for the tensor",
+    )
 
 
 def test_a_block_that_does_not_divide_raises_value_error():
@@ -214,8 +265,10 @@ def test_a_block_that_does_not_divide_raises_value_error():
         quantize(random_matrix((4, 200)), "e4m3", (1, 128))
     except ValueError:
         return
-    fail(f"{QUANTIZE}: x of shape (4, 200) cannot be cut into (1, 128) tiles; raise a ValueError "
-         "that says so (check the shape before reshaping).")
+    fail(
+        f"{QUANTIZE}: x of shape (4, 200) cannot be cut into (1, 128) tiles; raise a ValueError "
+        "that says so (check the shape before reshaping)."
+    )
 
 
 def test_quantize_works_under_jit():
@@ -223,6 +276,13 @@ def test_quantize_works_under_jit():
     eager_q, eager_scale = pair(quantize(x, "e4m3", (1, 128)))
     with explain_tracer_errors(QUANTIZE, "jax.jit"):
         q, scale = pair(jax.jit(quantize, static_argnums=(1, 2, 3))(x, "e4m3", (1, 128), False))
-    check_close(QUANTIZE, scale, np.asarray(eager_scale, np.float64), atol=0, what="scales under jit")
-    check_close(QUANTIZE, q.astype(jnp.float32), np.asarray(eager_q.astype(jnp.float32), np.float64),
-                atol=0, what="q under jit")
+    check_close(
+        QUANTIZE, scale, np.asarray(eager_scale, np.float64), atol=0, what="scales under jit"
+    )
+    check_close(
+        QUANTIZE,
+        q.astype(jnp.float32),
+        np.asarray(eager_q.astype(jnp.float32), np.float64),
+        atol=0,
+        what="q under jit",
+    )

@@ -85,8 +85,13 @@ def test_equal_rewards_give_exactly_zero_advantage():
                 f"(eps = {eps}), got {got.tolist()}.\nHint: mean(0.7, 0.7, 0.7, 0.7) is not exactly "
                 "0.7 in float32; detect an equal row with max == min and use jnp.where."
             )
-        check_close(ADV, np.asarray(adv)[1], [1.0, -1.0, 1.0, -1.0], atol=1e-3,
-                    what=f"the uneven row [1, 0, 1, 0] next to equal rows (eps = {eps})")
+        check_close(
+            ADV,
+            np.asarray(adv)[1],
+            [1.0, -1.0, 1.0, -1.0],
+            atol=1e-3,
+            what=f"the uneven row [1, 0, 1, 0] next to equal rows (eps = {eps})",
+        )
 
 
 def test_scale_none_only_subtracts_the_group_mean():
@@ -134,19 +139,33 @@ def test_ratio_one_gives_the_advantage():
     got = clipped_surrogate(logp, logp, adv, jnp.ones((3, 4), bool), 0.2, 0.2)
     check_shape(SURR, got, (3, 4), letters="B T")
     check_dtype(SURR, got, jnp.float32)
-    check_close(SURR, got, np.repeat([[1.5], [-0.5], [0.0]], 4, axis=1), atol=1e-6,
-                what="logp == old_logp (rho = 1): every token's value is its row's advantage",
-                hint="advantages has shape (B,): use advantages[:, None] against (B, T).")
+    check_close(
+        SURR,
+        got,
+        np.repeat([[1.5], [-0.5], [0.0]], 4, axis=1),
+        atol=1e-6,
+        what="logp == old_logp (rho = 1): every token's value is its row's advantage",
+        hint="advantages has shape (B,): use advantages[:, None] against (B, T).",
+    )
 
 
 def test_ratios_inside_and_outside_the_clip_range():
     # rho = 1.5, 0.5, 1.1 with eps 0.2 (range [0.8, 1.2]):
     #   A = +1: min(1.5, 1.2) = 1.2   min(0.5, 0.8) = 0.5    1.1
     #   A = -1: min(-1.5, -1.2) = -1.5 min(-0.5, -0.8) = -0.8  -1.1
-    got = clipped_surrogate(ratios([1.5, 0.5, 1.1], 2), jnp.zeros((2, 3)), jnp.asarray([1.0, -1.0]),
-                            jnp.ones((2, 3), bool), 0.2, 0.2)
+    got = clipped_surrogate(
+        ratios([1.5, 0.5, 1.1], 2),
+        jnp.zeros((2, 3)),
+        jnp.asarray([1.0, -1.0]),
+        jnp.ones((2, 3), bool),
+        0.2,
+        0.2,
+    )
     check_close(
-        SURR, got, [[1.2, 0.5, 1.1], [-1.5, -0.8, -1.1]], atol=1e-5,
+        SURR,
+        got,
+        [[1.2, 0.5, 1.1], [-1.5, -0.8, -1.1]],
+        atol=1e-5,
         what="rho = [1.5, 0.5, 1.1], A = +1 (row 0) and -1 (row 1), eps 0.2",
         hint="min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A): the min makes the clip one-sided, "
         "so A > 0 is capped at 1.2 but not lifted at 0.5.",
@@ -154,11 +173,20 @@ def test_ratios_inside_and_outside_the_clip_range():
 
 
 def test_clip_higher_uses_eps_high_above_and_eps_low_below():
-    got = clipped_surrogate(ratios([1.5, 0.5, 1.25], 2), jnp.zeros((2, 3)), jnp.asarray([1.0, -1.0]),
-                            jnp.ones((2, 3), bool), 0.1, 0.3)
+    got = clipped_surrogate(
+        ratios([1.5, 0.5, 1.25], 2),
+        jnp.zeros((2, 3)),
+        jnp.asarray([1.0, -1.0]),
+        jnp.ones((2, 3), bool),
+        0.1,
+        0.3,
+    )
     # range [0.9, 1.3]. A = +1: min(1.5, 1.3), min(0.5, 0.9), 1.25. A = -1: -1.5, min(-0.5, -0.9), -1.25
     check_close(
-        SURR, got, [[1.3, 0.5, 1.25], [-1.5, -0.9, -1.25]], atol=1e-5,
+        SURR,
+        got,
+        [[1.3, 0.5, 1.25], [-1.5, -0.9, -1.25]],
+        atol=1e-5,
         what="eps_low 0.1, eps_high 0.3: the clip range is [0.9, 1.3]",
         hint="the lower bound is 1 - eps_low, the upper 1 + eps_high.",
     )
@@ -171,15 +199,31 @@ def test_masked_padding_gives_zero_and_no_nan():
     got = clipped_surrogate(logp, old, jnp.asarray([1.0, -1.0]), mask, 0.2, 0.2)
     check_finite(SURR, got, hint="zero logp - old_logp at masked tokens before jnp.exp.")
     # unmasked: rho = e^0.2 = 1.2214 -> clipped to 1.2; rho = 1 -> -1; rho = e^0.5 -> -e^0.5
-    check_close(SURR, got, [[1.2, 0, 0], [-1.0, -math.exp(0.5), 0]], atol=1e-4,
-                what="padding (mask False) must contribute exactly 0")
+    check_close(
+        SURR,
+        got,
+        [[1.2, 0, 0], [-1.0, -math.exp(0.5), 0]],
+        atol=1e-4,
+        what="padding (mask False) must contribute exactly 0",
+    )
     with explain_tracer_errors(SURR, "jax.grad"):
-        grad = jax.grad(lambda lp: jnp.sum(clipped_surrogate(lp, old, jnp.asarray([1.0, -1.0]), mask)))(logp)
-    check_finite(SURR, grad, what="the gradient with garbage in the padding",
-                 hint="jnp.where(mask, x, 0) after an overflow still gives a NaN gradient: "
-                 "mask the log-ratio before the exp, not only the result.")
-    check_close(SURR, np.asarray(grad)[~np.asarray(mask)], np.zeros(3), atol=0,
-                what="the gradient at padding tokens")
+        grad = jax.grad(
+            lambda lp: jnp.sum(clipped_surrogate(lp, old, jnp.asarray([1.0, -1.0]), mask))
+        )(logp)
+    check_finite(
+        SURR,
+        grad,
+        what="the gradient with garbage in the padding",
+        hint="jnp.where(mask, x, 0) after an overflow still gives a NaN gradient: "
+        "mask the log-ratio before the exp, not only the result.",
+    )
+    check_close(
+        SURR,
+        np.asarray(grad)[~np.asarray(mask)],
+        np.zeros(3),
+        atol=0,
+        what="the gradient at padding tokens",
+    )
 
 
 def test_gradient_is_rho_times_advantage_inside_and_zero_where_clipped():
@@ -188,12 +232,19 @@ def test_gradient_is_rho_times_advantage_inside_and_zero_where_clipped():
     adv = jnp.asarray([2.0, -1.0])
     mask = jnp.ones((2, 4), bool)
     with explain_tracer_errors(SURR, "jax.grad"):
-        grad = jax.grad(lambda lp: jnp.sum(clipped_surrogate(lp, jnp.zeros((2, 4)), adv, mask, 0.2, 0.2)))(logp)
+        grad = jax.grad(
+            lambda lp: jnp.sum(clipped_surrogate(lp, jnp.zeros((2, 4)), adv, mask, 0.2, 0.2))
+        )(logp)
     # A = 2:  1.1 -> 2.2; 1.5 clipped -> 0; 0.5 unclipped (min is rho A) -> 1.0; 0.9 -> 1.8
     # A = -1: 1.1 -> -1.1; 1.5 unclipped -> -1.5; 0.5 clipped -> 0; 0.9 -> -0.9
-    check_close(SURR, grad, [[2.2, 0.0, 1.0, 1.8], [-1.1, -1.5, 0.0, -0.9]], atol=1e-5,
-                what="d surrogate / d logp for rho = [1.1, 1.5, 0.5, 0.9], A = 2 and -1",
-                hint="compute rho as exp(logp - old_logp) so that gradients flow through logp.")
+    check_close(
+        SURR,
+        grad,
+        [[2.2, 0.0, 1.0, 1.8], [-1.1, -1.5, 0.0, -0.9]],
+        atol=1e-5,
+        what="d surrogate / d logp for rho = [1.1, 1.5, 0.5, 0.9], A = 2 and -1",
+        hint="compute rho as exp(logp - old_logp) so that gradients flow through logp.",
+    )
 
 
 def test_surrogate_works_under_jit():
@@ -201,8 +252,13 @@ def test_surrogate_works_under_jit():
     args = (logp, old, jnp.asarray([1.0, -1.0]), jnp.ones((2, 3), bool))
     with explain_tracer_errors(SURR, "jax.jit"):
         got = jax.jit(clipped_surrogate)(*args, 0.2, 0.2)
-    check_close(SURR, got, [[1.2, 0.5, 1.1], [-1.5, -0.8, -1.1]], atol=1e-5,
-                what="under jax.jit (eps values are traced too)")
+    check_close(
+        SURR,
+        got,
+        [[1.2, 0.5, 1.1], [-1.5, -0.8, -1.1]],
+        atol=1e-5,
+        what="under jax.jit (eps values are traced too)",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +271,10 @@ def test_k3_hand_computed():
     check_shape(KL, got, (1, 2), letters="B T")
     check_dtype(KL, got, jnp.float32)
     check_close(
-        KL, got, [[1.0 - math.log(2.0), math.log(2.0) - 0.5]], atol=1e-6,
+        KL,
+        got,
+        [[1.0 - math.log(2.0), math.log(2.0) - 0.5]],
+        atol=1e-6,
         what="d = ref_logp - logp = log 2 and -log 2",
         hint="kl = exp(d) - d - 1 with d = ref_logp - logp (not logp - ref_logp).",
     )
@@ -226,8 +285,13 @@ def test_k3_is_zero_for_equal_policies_and_never_negative():
     logp = jnp.asarray(rng.normal(size=(4, 6)) - 2.0, jnp.float32)
     ref = jnp.asarray(rng.normal(size=(4, 6)) - 2.0, jnp.float32)
     mask = jnp.ones((4, 6), bool)
-    check_close(KL, k3_kl(logp, logp, mask), np.zeros((4, 6)), atol=0,
-                what="pi_theta == pi_ref: the KL must be exactly 0")
+    check_close(
+        KL,
+        k3_kl(logp, logp, mask),
+        np.zeros((4, 6)),
+        atol=0,
+        what="pi_theta == pi_ref: the KL must be exactly 0",
+    )
     got = np.asarray(k3_kl(logp, ref, mask))
     if (got < 0).any():
         fail(f"{KL}: k3 is never negative (e^d >= 1 + d), got a minimum of {got.min():.4g}")
@@ -241,12 +305,22 @@ def test_k3_masked_padding_and_gradient():
     mask = jnp.asarray([[True, False], [True, False]])
     got = k3_kl(logp, ref, mask)
     check_finite(KL, got, hint="zero d at masked tokens before jnp.exp.")
-    check_close(KL, got, [[1.0 - math.log(2.0), 0.0], [math.exp(-0.5) + 0.5 - 1.0, 0.0]], atol=1e-5,
-                what="two real tokens (d = log 2, d = -0.5) and two padding tokens")
+    check_close(
+        KL,
+        got,
+        [[1.0 - math.log(2.0), 0.0], [math.exp(-0.5) + 0.5 - 1.0, 0.0]],
+        atol=1e-5,
+        what="two real tokens (d = log 2, d = -0.5) and two padding tokens",
+    )
     with explain_tracer_errors(KL, "jax.grad"):
         grad = jax.grad(lambda lp: jnp.sum(k3_kl(lp, ref, mask)))(logp)
     # d kl / d logp = (e^d - 1) * (-1) = 1 - e^d: 1 - 2 = -1 and 1 - e^-0.5; padding 0.
     check_finite(KL, grad, what="the gradient with garbage in the padding")
-    check_close(KL, grad, [[-1.0, 0.0], [1.0 - math.exp(-0.5), 0.0]], atol=1e-5,
-                what="d kl / d logp = 1 - exp(d)",
-                hint="compute d from logp inside the function so the gradient flows through it.")
+    check_close(
+        KL,
+        grad,
+        [[-1.0, 0.0], [1.0 - math.exp(-0.5), 0.0]],
+        atol=1e-5,
+        what="d kl / d logp = 1 - exp(d)",
+        hint="compute d from logp inside the function so the gradient flows through it.",
+    )

@@ -24,8 +24,10 @@ from minids.grading import (
     load_exercise,
 )
 
-exercise = load_exercise(Path(__file__).with_name("05_distillation.py"),
-                         solutions={"distillation_loss": "minids.distill"})
+exercise = load_exercise(
+    Path(__file__).with_name("05_distillation.py"),
+    solutions={"distillation_loss": "minids.distill"},
+)
 distillation_loss = exercise.distillation_loss
 NAME = "distillation_loss"
 
@@ -36,10 +38,12 @@ def logits(*rows):
 
 def kl_np(student, teacher, T):
     """Per-token KL(softmax(teacher / T) || softmax(student / T)) in float64 numpy."""
+
     def log_softmax(x):
         x = np.asarray(x, np.float64) / T
         x = x - x.max(-1, keepdims=True)
         return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
     lp, lq = log_softmax(teacher), log_softmax(student)
     return (np.exp(lp) * (lp - lq)).sum(-1)
 
@@ -62,8 +66,14 @@ def test_returns_a_scalar():
 def test_hand_computed_value_at_temperature_one():
     # teacher p = (1/2, 1/2), student q = (3/4, 1/4): KL = 1/2 ln(1/2 / 3/4) + 1/2 ln(1/2 / 1/4) = 1/2 ln(4/3)
     got = loss_value(logits([math.log(3), 0.0]), logits([0.0, 0.0]), 1.0)
-    check_close(NAME, got, 0.5 * math.log(4 / 3), atol=1e-5, what="teacher (1/2, 1/2), student (3/4, 1/4), T = 1",
-                hint="KL(p || q) = sum_v p_v (log p_v - log q_v) with p the TEACHER's distribution.")
+    check_close(
+        NAME,
+        got,
+        0.5 * math.log(4 / 3),
+        atol=1e-5,
+        what="teacher (1/2, 1/2), student (3/4, 1/4), T = 1",
+        hint="KL(p || q) = sum_v p_v (log p_v - log q_v) with p the TEACHER's distribution.",
+    )
 
 
 def test_hand_computed_value_at_temperature_two():
@@ -71,9 +81,17 @@ def test_hand_computed_value_at_temperature_two():
     got = loss_value(logits([2 * math.log(3), 0.0]), logits([0.0, 0.0]), 2.0)
     want = 4 * 0.5 * math.log(4 / 3)
     if abs(float(got) - want / 4) < 1e-5:
-        fail(f"{NAME}: got {float(got):.6f} = KL alone at T = 2; the loss is T^2 = 4 times the KL ({want:.6f}).")
-    check_close(NAME, got, want, atol=1e-5, what="student logits (2 ln 3, 0), teacher (0, 0), T = 2",
-                hint="divide BOTH logits by T before the softmax, then multiply the KL by T ** 2.")
+        fail(
+            f"{NAME}: got {float(got):.6f} = KL alone at T = 2; the loss is T^2 = 4 times the KL ({want:.6f})."
+        )
+    check_close(
+        NAME,
+        got,
+        want,
+        atol=1e-5,
+        what="student logits (2 ln 3, 0), teacher (0, 0), T = 2",
+        hint="divide BOTH logits by T before the softmax, then multiply the KL by T ** 2.",
+    )
 
 
 def test_zero_when_teacher_and_student_agree():
@@ -92,8 +110,15 @@ def test_t_squared_scaling_on_random_logits():
     s, t = random_logits((2, 3, 6), 5), random_logits((2, 3, 6), 6)
     for T in (0.5, 1.0, 4.0):
         want = T**2 * kl_np(s, t, T).mean()
-        check_close(NAME, loss_value(s, t, T), want, rtol=1e-4, atol=1e-6, what=f"random logits at T = {T}",
-                    hint="T ** 2 * mean over tokens of KL(softmax(teacher / T) || softmax(student / T)).")
+        check_close(
+            NAME,
+            loss_value(s, t, T),
+            want,
+            rtol=1e-4,
+            atol=1e-6,
+            what=f"random logits at T = {T}",
+            hint="T ** 2 * mean over tokens of KL(softmax(teacher / T) || softmax(student / T)).",
+        )
 
 
 def test_mask_selects_the_tokens_that_count():
@@ -101,16 +126,28 @@ def test_mask_selects_the_tokens_that_count():
     mask = jnp.asarray([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     per_token = kl_np(s, t, 1.0)
     want = (per_token * np.asarray(mask)).sum() / np.asarray(mask).sum()
-    check_close(NAME, loss_value(s, t, 1.0, mask), want, rtol=1e-4, what="with a mask (3 of 6 tokens)",
-                hint="sum(kl * mask) / sum(mask): masked tokens neither add to the sum nor to the count.")
+    check_close(
+        NAME,
+        loss_value(s, t, 1.0, mask),
+        want,
+        rtol=1e-4,
+        what="with a mask (3 of 6 tokens)",
+        hint="sum(kl * mask) / sum(mask): masked tokens neither add to the sum nor to the count.",
+    )
 
 
 def test_no_nan_for_huge_logits():
     s = logits([1000.0, 0.0, -1000.0])
     t = logits([0.0, 1000.0, -1000.0])
     got = loss_value(s, t, 1.0)
-    check_close(NAME, got, 1000.0, rtol=1e-3, what="teacher sure of token 1, student sure of token 0",
-                hint="use jax.nn.log_softmax on the scaled logits instead of log(softmax(...)).")
+    check_close(
+        NAME,
+        got,
+        1000.0,
+        rtol=1e-3,
+        what="teacher sure of token 1, student sure of token 0",
+        hint="use jax.nn.log_softmax on the scaled logits instead of log(softmax(...)).",
+    )
 
 
 def test_gradient_is_t_times_q_minus_p_and_none_reaches_the_teacher():
@@ -119,10 +156,14 @@ def test_gradient_is_t_times_q_minus_p_and_none_reaches_the_teacher():
     with explain_tracer_errors(NAME, "jax.grad"):
         g_s, g_t = jax.grad(lambda a, b: distillation_loss(a, b, T), argnums=(0, 1))(s, t)
     want = T * (jax.nn.softmax(s / T) - jax.nn.softmax(t / T)) / 2  # 2 tokens in the mean
-    check_close(NAME, g_s, np.asarray(want), atol=1e-5, what="gradient with respect to the student's logits")
+    check_close(
+        NAME, g_s, np.asarray(want), atol=1e-5, what="gradient with respect to the student's logits"
+    )
     if float(jnp.abs(g_t).max()) != 0.0:
-        fail(f"{NAME}: the teacher is fixed, but a gradient of size {float(jnp.abs(g_t).max()):.3g} reached its "
-             "logits. Hint: jax.lax.stop_gradient(teacher_logits).")
+        fail(
+            f"{NAME}: the teacher is fixed, but a gradient of size {float(jnp.abs(g_t).max()):.3g} reached its "
+            "logits. Hint: jax.lax.stop_gradient(teacher_logits)."
+        )
 
 
 def test_works_under_jit():

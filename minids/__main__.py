@@ -1,11 +1,11 @@
 """Command line: `python -m minids train|generate|grpo|distill|cost ...` (also installed as the `minids` command).
 
-    python -m minids train --preset tiny                 # train on the shipped tasks, ~3 min on 2 CPU cores
-    python -m minids generate --ckpt runs/tiny/checkpoint --prompt "12+35="
-    python -m minids grpo --ckpt runs/grpo_base --train-base   # notebook 04's demonstration, ~4 min
-    python -m minids grpo --ckpt runs/tiny/checkpoint --template plain --task count
-    python -m minids distill --teacher runs/tiny/checkpoint --student-layers 1   # R1-style distillation
-    python -m minids cost --preset deepseek_v3           # parameters, FLOPs, GPU-hours, dollars
+python -m minids train --preset tiny                 # train on the shipped tasks, ~3 min on 2 CPU cores
+python -m minids generate --ckpt runs/tiny/checkpoint --prompt "12+35="
+python -m minids grpo --ckpt runs/grpo_base --train-base   # notebook 04's demonstration, ~4 min
+python -m minids grpo --ckpt runs/tiny/checkpoint --template plain --task count
+python -m minids distill --teacher runs/tiny/checkpoint --student-layers 1   # R1-style distillation
+python -m minids cost --preset deepseek_v3           # parameters, FLOPs, GPU-hours, dollars
 """
 
 from __future__ import annotations
@@ -22,16 +22,36 @@ from typing import Any, get_type_hints
 # help come from the field itself (`_add_config_options`), so every default is written once.
 _TRAIN_FIELDS = ("steps", "batch_size", "lr", "eval_every", "seed")  # TrainConfig
 _GRPO_FIELDS = (  # GRPOConfig
-    "steps", "prompts_per_step", "group_size", "mu", "lr", "beta", "ref_refresh_every",
-    "epsilon_low", "epsilon_high", "loss_type", "scale_rewards", "ratio_level", "drop_equal_groups",
-    "temperature", "max_new_tokens", "template", "eval_every", "eval_k", "seed",
+    "steps",
+    "prompts_per_step",
+    "group_size",
+    "mu",
+    "lr",
+    "beta",
+    "ref_refresh_every",
+    "epsilon_low",
+    "epsilon_high",
+    "loss_type",
+    "scale_rewards",
+    "ratio_level",
+    "drop_equal_groups",
+    "temperature",
+    "max_new_tokens",
+    "template",
+    "eval_every",
+    "eval_k",
+    "seed",
 )
 _DISTILL_FIELDS = ("steps", "seed")  # TrainConfig, the student's
 
 
 def _add_config_options(
-    parser: Any, cls: type, names: Sequence[str], *,
-    derived: Mapping[str, str] | None = None, notes: Mapping[str, str] | None = None,
+    parser: Any,
+    cls: type,
+    names: Sequence[str],
+    *,
+    derived: Mapping[str, str] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> None:
     """One option per named field of the dataclass `cls`: `--batch-size` for `batch_size`. `parser`
     is an ArgumentParser or one of its argument groups.
@@ -60,7 +80,10 @@ def _add_config_options(
         else:
             kwargs["default"] = f.default
         action = parser.add_argument("--" + name.replace("_", "-"), **kwargs)
-        action.config_field = (cls, name)  # how tests/test_cli_defaults.py tells these options apart
+        action.config_field = (
+            cls,
+            name,
+        )  # how tests/test_cli_defaults.py tells these options apart
 
 
 def _config_values(args: argparse.Namespace, names: Sequence[str]) -> dict:
@@ -96,8 +119,15 @@ def _train(args: argparse.Namespace) -> int:
     model = Transformer(cfg)
     print(f"model: preset {args.preset!r}, {count_params(model):,} parameters, compute {cfg.dtype}")
     print(f"training: {tcfg.steps} steps of {tcfg.batch_size} examples, peak lr {tcfg.lr}")
-    history = fit(model, train, val, tcfg, ckpt_dir=out / "checkpoint", resume=args.resume,
-                  progress=not args.no_progress)
+    history = fit(
+        model,
+        train,
+        val,
+        tcfg,
+        ckpt_dir=out / "checkpoint",
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     print(f"final training loss {history.loss[-1]:.4f}", end="")
     if history.val_loss:
         print(f", validation loss {history.val_loss[-1]:.4f}", end="")
@@ -107,9 +137,17 @@ def _train(args: argparse.Namespace) -> int:
     for task, acc in accuracy.items():
         print(f"  {task:>8}: {100 * acc:5.1f}%")
     save_loss_plot(history, out / "loss.png")
-    (out / "metrics.json").write_text(json.dumps(
-        {"accuracy": accuracy, "history": history.to_dict(), "model_config": cfg.to_dict(),
-         "train_config": dataclasses.asdict(tcfg)}, indent=1))
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "accuracy": accuracy,
+                "history": history.to_dict(),
+                "model_config": cfg.to_dict(),
+                "train_config": dataclasses.asdict(tcfg),
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out / 'checkpoint'}, {out / 'loss.png'} and {out / 'metrics.json'}")
     return 0
 
@@ -123,8 +161,13 @@ def _generate(args: argparse.Namespace) -> int:
 
     model, _ = load_checkpoint(args.ckpt)
     outputs = generate_text(
-        model, CharTokenizer(), args.prompt, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        model,
+        CharTokenizer(),
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
         key=jax.random.key(args.seed),
     )
     for prompt, completion in zip(args.prompt, outputs, strict=True):
@@ -145,7 +188,9 @@ def _grpo(args: argparse.Namespace) -> int:
     if args.format_only:
         rewards, weights = ("format",), (1.0,)
     values = _config_values(args, _GRPO_FIELDS)
-    values.setdefault("epsilon_high", values["epsilon_low"])  # a symmetric clip unless told otherwise
+    values.setdefault(
+        "epsilon_high", values["epsilon_low"]
+    )  # a symmetric clip unless told otherwise
     cfg = GRPOConfig(**values, rewards=rewards, reward_weights=weights)
     train = [r for r in load_split("train") if r["task"] == args.task]
     held_out = [r for r in load_split("test") if r["task"] == args.task][: args.eval_prompts]
@@ -154,31 +199,64 @@ def _grpo(args: argparse.Namespace) -> int:
     half = len(train) // 2  # the demonstration base learns from one half, GRPO samples the other
     if args.train_base:
         if args.task != "add" or args.template != "r1":
-            raise ValueError("--train-base makes the demonstration base: it needs --task add and --template r1")
+            raise ValueError(
+                "--train-base makes the demonstration base: it needs --task add and --template r1"
+            )
         model = Transformer(preset("tiny", max_seq_len=48, seed=args.seed))
-        print(f"training the demonstration base for {args.base_steps} steps (see minids.rewards.r1_sft_examples)")
-        fit(model, r1_sft_examples(train[:half], seed=args.seed), None,
-            TrainConfig(steps=args.base_steps, batch_size=64, lr=3e-3, warmup_steps=50, eval_every=0,
-                        seed=args.seed), progress=not args.no_progress)
+        print(
+            f"training the demonstration base for {args.base_steps} steps (see minids.rewards.r1_sft_examples)"
+        )
+        fit(
+            model,
+            r1_sft_examples(train[:half], seed=args.seed),
+            None,
+            TrainConfig(
+                steps=args.base_steps,
+                batch_size=64,
+                lr=3e-3,
+                warmup_steps=50,
+                eval_every=0,
+                seed=args.seed,
+            ),
+            progress=not args.no_progress,
+        )
         save_checkpoint(args.ckpt, model, step=args.base_steps)
         print(f"wrote the base model to {args.ckpt}")
     else:
         model, _ = load_checkpoint(args.ckpt)
     prompts = train[half:] if args.template == "r1" else train
-    print(f"GRPO: {cfg.steps} steps x {cfg.prompts_per_step} prompts x G={cfg.group_size}, "
-          f"loss {cfg.loss_type}, beta {cfg.beta}, lr {cfg.lr}; rewards {dict(zip(rewards, weights, strict=True))}")
+    print(
+        f"GRPO: {cfg.steps} steps x {cfg.prompts_per_step} prompts x G={cfg.group_size}, "
+        f"loss {cfg.loss_type}, beta {cfg.beta}, lr {cfg.lr}; rewards {dict(zip(rewards, weights, strict=True))}"
+    )
     out = Path(args.out)
-    history = train_grpo(model, prompts, cfg, eval_examples=held_out, ckpt_dir=out / "checkpoint",
-                         progress=not args.no_progress)
+    history = train_grpo(
+        model,
+        prompts,
+        cfg,
+        eval_examples=held_out,
+        ckpt_dir=out / "checkpoint",
+        progress=not args.no_progress,
+    )
     before, after = history.eval[0], history.eval[-1]
-    print(f"{history.seconds:.0f} s of GRPO ({history.gen_seconds:.0f} s sampling, "
-          f"{history.update_seconds:.0f} s updating)")
+    print(
+        f"{history.seconds:.0f} s of GRPO ({history.gen_seconds:.0f} s sampling, "
+        f"{history.update_seconds:.0f} s updating)"
+    )
     print(f"held-out {args.task!r}, {len(held_out)} prompts never trained on:")
     for name in after:
         print(f"  {name:>16}: {100 * before[name]:5.1f}% -> {100 * after[name]:5.1f}%")
-    (out / "metrics.json").write_text(json.dumps(
-        {"before": before, "after": after, "history": history.to_dict(),
-         "grpo_config": dataclasses.asdict(cfg)}, indent=1))
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "before": before,
+                "after": after,
+                "history": history.to_dict(),
+                "grpo_config": dataclasses.asdict(cfg),
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out / 'checkpoint'} and {out / 'metrics.json'}")
     return 0
 
@@ -199,39 +277,78 @@ def _distill(args: argparse.Namespace) -> int:
     else:
         check = task_check
     tasks = args.task or sorted({r["task"] for r in load_split("train")})
-    train, val, test = ([r for r in load_split(s) if r["task"] in tasks] for s in ("train", "val", "test"))
+    train, val, test = (
+        [r for r in load_split(s) if r["task"] in tasks] for s in ("train", "val", "test")
+    )
     if not train:
         raise ValueError(f"no training prompts for --task {tasks}")
     overrides = {"max_seq_len": teacher.cfg.max_seq_len, "seed": args.seed}
-    overrides.update({k: v for k, v in (("d_model", args.student_d_model), ("n_layers", args.student_layers)) if v})
+    overrides.update(
+        {
+            k: v
+            for k, v in (("d_model", args.student_d_model), ("n_layers", args.student_layers))
+            if v
+        }
+    )
     student = Transformer(preset(args.student_preset, **overrides))
-    tcfg = dataclasses.replace(TRAIN_PRESETS[args.student_preset], eval_every=0,
-                               **_config_values(args, _DISTILL_FIELDS))
-    print(f"teacher: {count_params(teacher):,} parameters; student ({args.student_preset}): "
-          f"{count_params(student):,}")
+    tcfg = dataclasses.replace(
+        TRAIN_PRESETS[args.student_preset], eval_every=0, **_config_values(args, _DISTILL_FIELDS)
+    )
+    print(
+        f"teacher: {count_params(teacher):,} parameters; student ({args.student_preset}): "
+        f"{count_params(student):,}"
+    )
     test = test[: args.eval_prompts]
     if args.mode == "sequence":
         data, stats = rejection_sample(
-            teacher, train[: args.prompts], samples_per_prompt=args.samples_per_prompt,
-            keep_per_prompt=args.keep_per_prompt, temperature=args.temperature,
-            max_new_tokens=args.max_new_tokens, check=check, seed=args.seed)
-        print(f"rejection sampling: {stats.samples} samples for {stats.prompts} prompts, {stats.correct} correct, "
-              f"kept {stats.kept} (prompts with a kept sample: {stats.prompts_with_a_keeper})")
+            teacher,
+            train[: args.prompts],
+            samples_per_prompt=args.samples_per_prompt,
+            keep_per_prompt=args.keep_per_prompt,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            check=check,
+            seed=args.seed,
+        )
+        print(
+            f"rejection sampling: {stats.samples} samples for {stats.prompts} prompts, {stats.correct} correct, "
+            f"kept {stats.kept} (prompts with a kept sample: {stats.prompts_with_a_keeper})"
+        )
         if not data:
-            raise ValueError("the teacher produced no sample the checker accepts; nothing to distil")
-        history = fit(student, data, None, dataclasses.replace(tcfg, batch_size=min(tcfg.batch_size, len(data))),
-                      progress=not args.no_progress)
+            raise ValueError(
+                "the teacher produced no sample the checker accepts; nothing to distil"
+            )
+        history = fit(
+            student,
+            data,
+            None,
+            dataclasses.replace(tcfg, batch_size=min(tcfg.batch_size, len(data))),
+            progress=not args.no_progress,
+        )
     else:
-        history = fit_logit_distillation(student, teacher, train, val, tcfg, alpha=args.alpha,
-                                         temperature=args.temperature, progress=not args.no_progress)
+        history = fit_logit_distillation(
+            student,
+            teacher,
+            train,
+            val,
+            tcfg,
+            alpha=args.alpha,
+            temperature=args.temperature,
+            progress=not args.no_progress,
+        )
     out = Path(args.out)
     save_checkpoint(out / "checkpoint", student, step=tcfg.steps, history=history, train_cfg=tcfg)
-    results = {name: accuracy(m, test, check=check, max_new_tokens=args.max_new_tokens)
-               for name, m in (("teacher", teacher), ("student", student))}
-    print(f"held-out greedy accuracy on {len(test)} test prompts: teacher {100 * results['teacher']:.1f}%, "
-          f"student {100 * results['student']:.1f}% ({history.seconds:.0f} s of student training)")
-    (out / "metrics.json").write_text(json.dumps({"accuracy": results, "history": history.to_dict(),
-                                                  "mode": args.mode}, indent=1))
+    results = {
+        name: accuracy(m, test, check=check, max_new_tokens=args.max_new_tokens)
+        for name, m in (("teacher", teacher), ("student", student))
+    }
+    print(
+        f"held-out greedy accuracy on {len(test)} test prompts: teacher {100 * results['teacher']:.1f}%, "
+        f"student {100 * results['student']:.1f}% ({history.seconds:.0f} s of student training)"
+    )
+    (out / "metrics.json").write_text(
+        json.dumps({"accuracy": results, "history": history.to_dict(), "mode": args.mode}, indent=1)
+    )
     print(f"wrote {out / 'checkpoint'} and {out / 'metrics.json'}")
     return 0
 
@@ -243,9 +360,17 @@ def _cost(args: argparse.Namespace) -> int:
     try:
         peak = H800_PEAK[args.peak] if args.peak in H800_PEAK else float(args.peak) * 1e12
     except ValueError:
-        raise ValueError(f"--peak must be {' or '.join(H800_PEAK)} or a number of TFLOP/s, got {args.peak!r}") from None
-    report = cost_report(preset(args.preset), tokens=args.tokens * 1e12, peak_flops=peak, mfu=args.mfu,
-                         price_per_gpu_hour=args.price, seq_len=args.seq_len)
+        raise ValueError(
+            f"--peak must be {' or '.join(H800_PEAK)} or a number of TFLOP/s, got {args.peak!r}"
+        ) from None
+    report = cost_report(
+        preset(args.preset),
+        tokens=args.tokens * 1e12,
+        peak_flops=peak,
+        mfu=args.mfu,
+        price_per_gpu_hour=args.price,
+        seq_len=args.seq_len,
+    )
     print(format_report(f"preset {args.preset!r}", report))
     return 0
 
@@ -258,40 +383,62 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m minids",
         description="minids: learn DeepSeek-V3 and R1 by building them. Train a tiny model, sample from it.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,grpo,distill,cost}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,generate,grpo,distill,cost}"
+    )
 
     t = sub.add_parser(
-        "train", help="train a model on the shipped tasks (or your own data)",
+        "train",
+        help="train a model on the shipped tasks (or your own data)",
         description="Train a model from a preset on the shipped task data (data/*.jsonl) or your own "
         "file; print the loss and held-out exact-match accuracy per task; write a checkpoint, a "
         "loss-curve PNG and metrics.json to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    t.add_argument("--preset", default="tiny", choices=["tiny", "small", "tiny_v3"],
-                   help="model: tiny, small, or tiny_v3 (DeepSeek-V3's architecture at toy size)")
+    t.add_argument(
+        "--preset",
+        default="tiny",
+        choices=["tiny", "small", "tiny_v3"],
+        help="model: tiny, small, or tiny_v3 (DeepSeek-V3's architecture at toy size)",
+    )
     t.add_argument("--out", default=None, help="output folder (default: runs/<preset>)")
     from_preset = "the --preset's recipe in minids.train.TRAIN_PRESETS"
-    _add_config_options(t.add_argument_group("training (fields of minids.train.TrainConfig)"),
-                        TrainConfig, _TRAIN_FIELDS,
-                        derived=dict.fromkeys(("steps", "batch_size", "lr", "eval_every"), from_preset),
-                        notes={"seed": " and of the model's initialisation"})
-    t.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="compute dtype (default float32; bfloat16 suits a GPU/TPU)")
+    _add_config_options(
+        t.add_argument_group("training (fields of minids.train.TrainConfig)"),
+        TrainConfig,
+        _TRAIN_FIELDS,
+        derived=dict.fromkeys(("steps", "batch_size", "lr", "eval_every"), from_preset),
+        notes={"seed": " and of the model's initialisation"},
+    )
+    t.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="compute dtype (default float32; bfloat16 suits a GPU/TPU)",
+    )
     t.add_argument("--data", default=None, help="folder with train/val/test.jsonl (default: data/)")
-    t.add_argument("--dataset", default=None,
-                   help="your own local .jsonl (prompt/answer or text fields) or .txt file")
+    t.add_argument(
+        "--dataset",
+        default=None,
+        help="your own local .jsonl (prompt/answer or text fields) or .txt file",
+    )
     t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
     g = sub.add_parser(
-        "generate", help="sample completions from a checkpoint",
+        "generate",
+        help="sample completions from a checkpoint",
         description="Load a checkpoint written by `train` and complete one or more prompts.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g.add_argument("--ckpt", required=True, help="checkpoint folder, e.g. runs/tiny/checkpoint")
-    g.add_argument("--prompt", action="append", required=True,
-                   help='a prompt such as "12+35="; repeat the flag for a batch')
+    g.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help='a prompt such as "12+35="; repeat the flag for a batch',
+    )
     g.add_argument("--max-new-tokens", type=int, default=16, help="longest completion")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
@@ -300,34 +447,56 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_generate)
 
     r = sub.add_parser(
-        "grpo", help="improve a checkpoint with GRPO and rule-based rewards",
+        "grpo",
+        help="improve a checkpoint with GRPO and rule-based rewards",
         description="Run GRPO (DeepSeekMath eq. 3, R1-Zero style rewards) from a checkpoint on one "
         "task's training prompts; print held-out greedy accuracy and pass@k before and after; "
         "write the new checkpoint and metrics.json to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    r.add_argument("--ckpt", required=True, help="base checkpoint folder (with --train-base: where to write it)")
-    r.add_argument("--train-base", action="store_true",
-                   help="first train notebook 04's demonstration base (flawed R1-template SFT) into --ckpt")
+    r.add_argument(
+        "--ckpt",
+        required=True,
+        help="base checkpoint folder (with --train-base: where to write it)",
+    )
+    r.add_argument(
+        "--train-base",
+        action="store_true",
+        help="first train notebook 04's demonstration base (flawed R1-template SFT) into --ckpt",
+    )
     r.add_argument("--base-steps", type=int, default=600, help="supervised steps of --train-base")
     r.add_argument("--out", default="runs/grpo", help="output folder")
-    r.add_argument("--task", default="add", help="task whose prompts are used (add, sub, sort, rev, count)")
+    r.add_argument(
+        "--task", default="add", help="task whose prompts are used (add, sub, sort, rev, count)"
+    )
     format_weight = dict(zip(GRPOConfig.rewards, GRPOConfig.reward_weights, strict=True))["format"]
-    r.add_argument("--format-weight", type=float, default=format_weight,
-                   help="weight of the format reward with --template r1, as in GRPOConfig.reward_weights")
-    r.add_argument("--format-only", action="store_true", help="reward the format alone (reward hacking)")
+    r.add_argument(
+        "--format-weight",
+        type=float,
+        default=format_weight,
+        help="weight of the format reward with --template r1, as in GRPOConfig.reward_weights",
+    )
+    r.add_argument(
+        "--format-only", action="store_true", help="reward the format alone (reward hacking)"
+    )
     r.add_argument("--eval-prompts", type=int, default=500, help="held-out prompts (test split)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_options(
-        r.add_argument_group("GRPO (fields of minids.grpo_trainer.GRPOConfig)"), GRPOConfig, _GRPO_FIELDS,
+        r.add_argument_group("GRPO (fields of minids.grpo_trainer.GRPOConfig)"),
+        GRPOConfig,
+        _GRPO_FIELDS,
         derived={"epsilon_high": "--epsilon-low"},
-        notes={"template": "; r1 is rewarded for accuracy + format, plain for accuracy alone (a base "
-                           "from `minids train` answers plain)",
-               "seed": " (and of the --train-base model)"})
+        notes={
+            "template": "; r1 is rewarded for accuracy + format, plain for accuracy alone (a base "
+            "from `minids train` answers plain)",
+            "seed": " (and of the --train-base model)",
+        },
+    )
     r.set_defaults(func=_grpo)
 
     d = sub.add_parser(
-        "distill", help="distil a teacher checkpoint into a smaller student (R1 section 2.4)",
+        "distill",
+        help="distil a teacher checkpoint into a smaller student (R1 section 2.4)",
         description="Train a student from a teacher checkpoint: --mode sequence samples the teacher on "
         "training prompts, keeps the completions the answer checker accepts and fine-tunes the student "
         "on them (as DeepSeek-R1 did); --mode logit trains the student on the data with the teacher's "
@@ -341,38 +510,60 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--student-d-model", type=int, default=None, help="override the student's width")
     d.add_argument("--student-layers", type=int, default=None, help="override the student's depth")
     d.add_argument("--task", action="append", default=None, help="task(s) to use (default: all)")
-    d.add_argument("--template", choices=["plain", "r1"], default="plain",
-                   help="how answers are checked: plain (the completion is the answer) or r1 (<answer> tags)")
-    d.add_argument("--prompts", type=int, default=2000, help="training prompts the teacher samples (sequence)")
+    d.add_argument(
+        "--template",
+        choices=["plain", "r1"],
+        default="plain",
+        help="how answers are checked: plain (the completion is the answer) or r1 (<answer> tags)",
+    )
+    d.add_argument(
+        "--prompts", type=int, default=2000, help="training prompts the teacher samples (sequence)"
+    )
     d.add_argument("--samples-per-prompt", type=int, default=4)
     d.add_argument("--keep-per-prompt", type=int, default=1)
-    d.add_argument("--temperature", type=float, default=1.0,
-                   help="sampling temperature (sequence) or distillation temperature T (logit)")
+    d.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature (sequence) or distillation temperature T (logit)",
+    )
     d.add_argument("--alpha", type=float, default=0.5, help="weight of the KL term (logit)")
     d.add_argument("--max-new-tokens", type=int, default=8)
     d.add_argument("--eval-prompts", type=int, default=500)
     d.add_argument("--no-progress", action="store_true")
     _add_config_options(
-        d.add_argument_group("the student's training (fields of minids.train.TrainConfig)"), TrainConfig,
-        _DISTILL_FIELDS, derived={"steps": "the --student-preset's recipe in minids.train.TRAIN_PRESETS"},
-        notes={"seed": ", the student's initialisation and the teacher's sampling"})
+        d.add_argument_group("the student's training (fields of minids.train.TrainConfig)"),
+        TrainConfig,
+        _DISTILL_FIELDS,
+        derived={"steps": "the --student-preset's recipe in minids.train.TRAIN_PRESETS"},
+        notes={"seed": ", the student's initialisation and the teacher's sampling"},
+    )
     d.set_defaults(func=_distill)
 
     c = sub.add_parser(
-        "cost", help="parameters, KV cache, training FLOPs, GPU-hours and dollars of a preset",
+        "cost",
+        help="parameters, KV cache, training FLOPs, GPU-hours and dollars of a preset",
         description="Count a preset's parameters (total and activated), KV-cache bytes per token, "
         "training FLOPs per token, and the GPU-hours and dollars to train it (minids.cost; nothing "
         "is built). The defaults are DeepSeek-V3's pre-training: 14.8T tokens on H800s at $2/hour.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    c.add_argument("--preset", default="deepseek_v3",
-                   choices=["deepseek_v3", "deepseek_v2", "deepseek_v2_lite", "tiny_v3", "tiny", "small"])
+    c.add_argument(
+        "--preset",
+        default="deepseek_v3",
+        choices=["deepseek_v3", "deepseek_v2", "deepseek_v2_lite", "tiny_v3", "tiny", "small"],
+    )
     c.add_argument("--tokens", type=float, default=14.8, help="training tokens, in trillions")
-    c.add_argument("--peak", default="bf16",
-                   help="peak FLOP/s per GPU: bf16 or fp8 (an H800's dense peak), or a number of TFLOP/s")
+    c.add_argument(
+        "--peak",
+        default="bf16",
+        help="peak FLOP/s per GPU: bf16 or fp8 (an H800's dense peak), or a number of TFLOP/s",
+    )
     c.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation, in (0, 1]")
     c.add_argument("--price", type=float, default=2.0, help="dollars per GPU-hour")
-    c.add_argument("--seq-len", type=int, default=None, help="training sequence length (default: the preset's)")
+    c.add_argument(
+        "--seq-len", type=int, default=None, help="training sequence length (default: the preset's)"
+    )
     c.set_defaults(func=_cost)
     return parser
 

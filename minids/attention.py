@@ -35,7 +35,10 @@ MASKED = -1e30  # finite, so a fully masked row (a padding query) gives a unifor
 
 
 def attention_mask(
-    q_len: int, kv_len: int, offset: Int[Array, ""] | int = 0, key_mask: Bool[Array, "B S"] | None = None
+    q_len: int,
+    kv_len: int,
+    offset: Int[Array, ""] | int = 0,
+    key_mask: Bool[Array, "B S"] | None = None,
 ) -> Bool[Array, "#B T S"]:
     """True where query t (stored at slot offset + t) may attend to key slot s: s <= offset + t."""
     q_slot = offset + jnp.arange(q_len)
@@ -70,7 +73,9 @@ def dot_product_attention(
 
 
 def causal_self_attention(
-    q: Float[Array, "B T N H"], k: Float[Array, "B T M H"], v: Float[Array, "B T M Hv"],
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B T M H"],
+    v: Float[Array, "B T M Hv"],
     scale: float | None = None,
 ) -> Float[Array, "B T N Hv"]:
     """Causal attention over whole sequences: each position attends to itself and the ones before.
@@ -88,11 +93,14 @@ def causal_self_attention(
 TRAINING_ATTENTION = kernel_attention.causal_attention
 
 
-def write_cache(cache: dict[str, Array], new: dict[str, Array], index: Int[Array, ""] | int) -> dict[str, Array]:
+def write_cache(
+    cache: dict[str, Array], new: dict[str, Array], index: Int[Array, ""] | int
+) -> dict[str, Array]:
     """Each cache buffer (B, S, ...) with the new tokens' entries (B, T, ...) written at slot `index`."""
     return {
         name: jax.lax.dynamic_update_slice(
-            cache[name], value.astype(cache[name].dtype), (0, index) + (0,) * (value.ndim - 2))
+            cache[name], value.astype(cache[name].dtype), (0, index) + (0,) * (value.ndim - 2)
+        )
         for name, value in new.items()
     }
 
@@ -114,8 +122,9 @@ class Attention(nnx.Module):
         self.wq = dense(cfg.d_model, cfg.n_heads * cfg.head_dim, cfg, rngs=rngs)
         self.wk = dense(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg, rngs=rngs)
         self.wv = dense(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg, rngs=rngs)
-        self.wo = dense(cfg.n_heads * cfg.head_dim, cfg.d_model, cfg, rngs=rngs,
-                        scale=1.0 / (2 * cfg.n_layers))
+        self.wo = dense(
+            cfg.n_heads * cfg.head_dim, cfg.d_model, cfg, rngs=rngs, scale=1.0 / (2 * cfg.n_layers)
+        )
 
     def init_cache(self, batch: int, max_len: int) -> dict[str, Array]:
         """Zeroed cache buffers for one layer: keys and values, (B, S, M, H) each."""

@@ -60,12 +60,21 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
 
 
 def check_number(
-    name: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
-    low_open: bool = False, high_open: bool = False,
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
 ) -> None:
     """`value` must be a finite int or float within [low, high] (an open end excludes its bound)."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    ok = (
+        ok
+        and (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high)
+    )
     if not ok:
         rule = "a finite number"
         if low > -math.inf:
@@ -90,9 +99,14 @@ def check_block(name: str, block: Any) -> tuple[int, int] | None:
     """An FP8 scaling block: None (one scale per tensor) or a pair of positive ints, as a tuple."""
     if block is None:
         return None
-    if (not isinstance(block, tuple | list) or len(block) != 2
-            or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in block)):
-        raise ValueError(f"{name} must be None or a pair of positive ints like (1, 128), got {block!r}")
+    if (
+        not isinstance(block, tuple | list)
+        or len(block) != 2
+        or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in block)
+    ):
+        raise ValueError(
+            f"{name} must be None or a pair of positive ints like (1, 128), got {block!r}"
+        )
     return tuple(block)
 
 
@@ -101,10 +115,16 @@ def check_accumulator(acc_mantissa_bits: Any, k_slice: Any, promote_every: Any) 
     if acc_mantissa_bits is not None:
         check_int("acc_mantissa_bits (or None)", acc_mantissa_bits, 1, 23)
     check_int("k_slice", k_slice, 1)
-    if promote_every is not None and (isinstance(promote_every, bool) or not isinstance(
-            promote_every, int) or promote_every < 1 or promote_every % k_slice):
-        raise ValueError(f"promote_every must be None or a positive multiple of k_slice ({k_slice}), "
-                         f"got {promote_every!r}")
+    if promote_every is not None and (
+        isinstance(promote_every, bool)
+        or not isinstance(promote_every, int)
+        or promote_every < 1
+        or promote_every % k_slice
+    ):
+        raise ValueError(
+            f"promote_every must be None or a positive multiple of k_slice ({k_slice}), "
+            f"got {promote_every!r}"
+        )
 
 
 # ------------------------------------------------------------------- technique sub-configs
@@ -164,7 +184,9 @@ class MoEConfig:
     experts_per_token: int = 2  # K
     expert_ffn_dim: int = 128  # F, the hidden width of each expert
     gate: str = "sigmoid"  # "sigmoid" (V3) or "softmax" (V2)
-    norm_topk_prob: bool | None = None  # renormalise the K gates to sum 1; None: sigmoid yes, softmax no
+    norm_topk_prob: bool | None = (
+        None  # renormalise the K gates to sum 1; None: sigmoid yes, softmax no
+    )
     route_scale: float = 1.0  # gate values are multiplied by this (V3 2.5, V2 16.0)
     n_groups: int = 1  # expert groups for group-limited routing (1 = no limit)
     groups_per_token: int = 1  # groups a token may choose its experts from
@@ -173,11 +195,18 @@ class MoEConfig:
     bias_update_speed: float = 1e-3  # gamma of the aux-free bias update (V3 0.001)
     capacity_factor: float | None = None  # None: no token is dropped
     n_dense_layers: int = 1  # leading blocks that keep a dense FFN (V3 3, V2 1)
-    dispatch: str = "fast"  # "fast" (the kernel for this backend) or "reference" (every expert, every token)
+    dispatch: str = (
+        "fast"  # "fast" (the kernel for this backend) or "reference" (every expert, every token)
+    )
 
     def __post_init__(self) -> None:
-        for name in ("n_routed_experts", "experts_per_token", "expert_ffn_dim", "n_groups",
-                     "groups_per_token"):
+        for name in (
+            "n_routed_experts",
+            "experts_per_token",
+            "expert_ffn_dim",
+            "n_groups",
+            "groups_per_token",
+        ):
             check_int(name, getattr(self, name), 1)
         check_int("n_shared_experts", self.n_shared_experts, 0)
         check_int("n_dense_layers", self.n_dense_layers, 0)
@@ -193,12 +222,16 @@ class MoEConfig:
             check_number("capacity_factor (or None)", self.capacity_factor, 0.0, low_open=True)
         E, K, G = self.n_routed_experts, self.experts_per_token, self.n_groups
         if K > E:
-            raise ValueError(f"experts_per_token ({K}) must be <= n_routed_experts ({E}): a token "
-                             "chooses K different experts")
+            raise ValueError(
+                f"experts_per_token ({K}) must be <= n_routed_experts ({E}): a token "
+                "chooses K different experts"
+            )
         if E % G != 0:
             raise ValueError(f"n_groups ({G}) must divide n_routed_experts ({E}) into equal groups")
         if self.groups_per_token > G:
-            raise ValueError(f"groups_per_token ({self.groups_per_token}) must be <= n_groups ({G})")
+            raise ValueError(
+                f"groups_per_token ({self.groups_per_token}) must be <= n_groups ({G})"
+            )
         if K > self.groups_per_token * (E // G):
             raise ValueError(
                 f"experts_per_token ({K}) must be <= groups_per_token * experts per group "
@@ -229,17 +262,23 @@ class FP8Config:
     act_block: tuple[int, int] = (1, 128)  # activations: per token per 128 channels
     weight_block: tuple[int, int] = (128, 128)
     grad_block: tuple[int, int] = (1, 128)  # output gradients (Dgrad); Wgrad re-tiles along tokens
-    pow2_scale: bool = False  # round scales up to powers of two (V3 §3.3.3 for some activations; UE8M0 in V3.1)
+    pow2_scale: bool = (
+        False  # round scales up to powers of two (V3 §3.3.3 for some activations; UE8M0 in V3.1)
+    )
     acc_mantissa_bits: int | None = 13  # fraction bits of the tensor-core accumulator; None = fp32
     k_slice: int = 32  # elements per MMA instruction
     promote_every: int | None = 128  # N_C; None = never promote to float32
 
     def __post_init__(self) -> None:
         for name in ("act_block", "weight_block", "grad_block"):
-            object.__setattr__(self, name, check_block(name, getattr(self, name)))  # JSON lists -> tuples
+            object.__setattr__(
+                self, name, check_block(name, getattr(self, name))
+            )  # JSON lists -> tuples
             if getattr(self, name) is None:
-                raise ValueError(f"{name} must be a pair of positive ints; use scaling='tensor' for "
-                                 "one scale per tensor")
+                raise ValueError(
+                    f"{name} must be a pair of positive ints; use scaling='tensor' for "
+                    "one scale per tensor"
+                )
         check_choice("fmt", self.fmt, FP8_FORMATS)
         check_choice("grad_fmt", self.grad_fmt, FP8_FORMATS)
         check_choice("scaling", self.scaling, FP8_SCALING)
@@ -284,8 +323,16 @@ class ModelConfig:
     mtp: None = None  # room for multi-token prediction (V3 §2.2), not built yet
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                     "ffn_dim", "max_seq_len"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "ffn_dim",
+            "max_seq_len",
+        ):
             check_int(name, getattr(self, name), 1)
         check_number("rope_theta", self.rope_theta, 0.0, low_open=True)
         check_number("norm_eps", self.norm_eps, 0.0, low_open=True)
@@ -295,15 +342,19 @@ class ModelConfig:
                 "each key/value head is shared by n_heads // n_kv_heads query heads"
             )
         if self.head_dim % 2 != 0:
-            raise ValueError(f"head_dim must be even for RoPE (it rotates pairs), got {self.head_dim}")
+            raise ValueError(
+                f"head_dim must be even for RoPE (it rotates pairs), got {self.head_dim}"
+            )
         check_choice("dtype", self.dtype, tuple(DTYPES))
         check_choice("param_dtype", self.param_dtype, tuple(DTYPES))
         check_bool("tie_embeddings", self.tie_embeddings)
         check_int("seed", self.seed, 0)
         for name, cls in (("mla", MLAConfig), ("moe", MoEConfig), ("fp8", FP8Config)):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), cls):
-                raise ValueError(f"{name} must be None or a minids.config.{cls.__name__}, "
-                                 f"got {type(getattr(self, name)).__name__}")
+                raise ValueError(
+                    f"{name} must be None or a minids.config.{cls.__name__}, "
+                    f"got {type(getattr(self, name)).__name__}"
+                )
         if self.moe is not None and self.moe.n_dense_layers >= self.n_layers:
             raise ValueError(
                 f"moe.n_dense_layers ({self.moe.n_dense_layers}) must be < n_layers ({self.n_layers}): "
@@ -322,7 +373,7 @@ class ModelConfig:
 
     @property
     def attention(self) -> str:
-        """"mla" with an `mla` sub-config; otherwise "mha", "gqa" or "mqa" from the key/value heads."""
+        """ "mla" with an `mla` sub-config; otherwise "mha", "gqa" or "mqa" from the key/value heads."""
         if self.mla is not None:
             return "mla"
         if self.n_kv_heads == self.n_heads:
@@ -331,7 +382,7 @@ class ModelConfig:
 
     @property
     def precision(self) -> str:
-        """"fp8" with an `fp8` sub-config, else "bf16" or "fp32" from the compute dtype."""
+        """ "fp8" with an `fp8` sub-config, else "bf16" or "fp32" from the compute dtype."""
         if self.fp8 is not None:
             return "fp8"
         return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[self.dtype]
@@ -359,7 +410,9 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}")
+            raise ValueError(
+                f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}"
+            )
         d = dict(d)
         for name, sub in (("mla", MLAConfig), ("moe", MoEConfig), ("fp8", FP8Config)):
             if isinstance(d.get(name), dict):
@@ -369,52 +422,133 @@ class ModelConfig:
 
 # --------------------------------------------------------------------------------- presets
 
-TINY = ModelConfig(vocab_size=128, d_model=128, n_layers=3, n_heads=4, n_kv_heads=4, head_dim=32,
-                   ffn_dim=384, max_seq_len=24)
-SMALL = ModelConfig(vocab_size=128, d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, head_dim=32,
-                    ffn_dim=768, max_seq_len=256)
+TINY = ModelConfig(
+    vocab_size=128,
+    d_model=128,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=4,
+    head_dim=32,
+    ffn_dim=384,
+    max_seq_len=24,
+)
+SMALL = ModelConfig(
+    vocab_size=128,
+    d_model=256,
+    n_layers=6,
+    n_heads=8,
+    n_kv_heads=4,
+    head_dim=32,
+    ffn_dim=768,
+    max_seq_len=256,
+)
 
 # The real DeepSeek architectures. Sources: DeepSeek-V3 report §4.2 and its released
 # config_671B.json; DeepSeek-V2 report §3.1.2 and Appendix B (V2-Lite).
-_MLA_V2_V3 = MLAConfig(q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
-                       v_head_dim=128)
+_MLA_V2_V3 = MLAConfig(
+    q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128
+)
 _BIG = dict(dtype="bfloat16", max_seq_len=4096, n_heads=128, n_kv_heads=128, head_dim=128)
 DEEPSEEK_V3 = ModelConfig(
-    vocab_size=129_280, d_model=7168, n_layers=61, ffn_dim=18432, mla=_MLA_V2_V3, **_BIG,
-    moe=MoEConfig(n_routed_experts=256, n_shared_experts=1, experts_per_token=8, expert_ffn_dim=2048,
-                  gate="sigmoid", route_scale=2.5, n_groups=8, groups_per_token=4,
-                  balancing="aux_free+seq_aux_loss", aux_loss_alpha=1e-4, bias_update_speed=1e-3,
-                  n_dense_layers=3),
+    vocab_size=129_280,
+    d_model=7168,
+    n_layers=61,
+    ffn_dim=18432,
+    mla=_MLA_V2_V3,
+    **_BIG,
+    moe=MoEConfig(
+        n_routed_experts=256,
+        n_shared_experts=1,
+        experts_per_token=8,
+        expert_ffn_dim=2048,
+        gate="sigmoid",
+        route_scale=2.5,
+        n_groups=8,
+        groups_per_token=4,
+        balancing="aux_free+seq_aux_loss",
+        aux_loss_alpha=1e-4,
+        bias_update_speed=1e-3,
+        n_dense_layers=3,
+    ),
 )
 DEEPSEEK_V2 = ModelConfig(
-    vocab_size=102_400, d_model=5120, n_layers=60, ffn_dim=12288, mla=_MLA_V2_V3, **_BIG,
-    moe=MoEConfig(n_routed_experts=160, n_shared_experts=2, experts_per_token=6, expert_ffn_dim=1536,
-                  gate="softmax", route_scale=16.0, n_groups=8, groups_per_token=3, balancing="aux_loss",
-                  aux_loss_alpha=3e-3, n_dense_layers=1),
+    vocab_size=102_400,
+    d_model=5120,
+    n_layers=60,
+    ffn_dim=12288,
+    mla=_MLA_V2_V3,
+    **_BIG,
+    moe=MoEConfig(
+        n_routed_experts=160,
+        n_shared_experts=2,
+        experts_per_token=6,
+        expert_ffn_dim=1536,
+        gate="softmax",
+        route_scale=16.0,
+        n_groups=8,
+        groups_per_token=3,
+        balancing="aux_loss",
+        aux_loss_alpha=3e-3,
+        n_dense_layers=1,
+    ),
 )
 DEEPSEEK_V2_LITE = ModelConfig(
-    vocab_size=102_400, d_model=2048, n_layers=27, ffn_dim=10944, mla=_MLA_V2_V3.replace(q_lora_rank=0),
+    vocab_size=102_400,
+    d_model=2048,
+    n_layers=27,
+    ffn_dim=10944,
+    mla=_MLA_V2_V3.replace(q_lora_rank=0),
     **{**_BIG, "n_heads": 16, "n_kv_heads": 16},
-    moe=MoEConfig(n_routed_experts=64, n_shared_experts=2, experts_per_token=6, expert_ffn_dim=1408,
-                  gate="softmax", route_scale=1.0, balancing="aux_loss", aux_loss_alpha=1e-3,
-                  n_dense_layers=1),
+    moe=MoEConfig(
+        n_routed_experts=64,
+        n_shared_experts=2,
+        experts_per_token=6,
+        expert_ffn_dim=1408,
+        gate="softmax",
+        route_scale=1.0,
+        balancing="aux_loss",
+        aux_loss_alpha=1e-3,
+        n_dense_layers=1,
+    ),
 )
 # V3's design at toy size: MLA with query compression and decoupled RoPE, sigmoid routing in groups
 # with a route scale, one shared expert, aux-free bias + the sequence-wise loss, one leading dense
 # layer. Trains on the shipped tasks on a CPU.
 TINY_V3 = ModelConfig(
-    vocab_size=128, d_model=64, n_layers=4, n_heads=4, n_kv_heads=4, head_dim=16, ffn_dim=192,
+    vocab_size=128,
+    d_model=64,
+    n_layers=4,
+    n_heads=4,
+    n_kv_heads=4,
+    head_dim=16,
+    ffn_dim=192,
     max_seq_len=24,
-    mla=MLAConfig(q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16),
-    moe=MoEConfig(n_routed_experts=8, n_shared_experts=1, experts_per_token=2, expert_ffn_dim=64,
-                  gate="sigmoid", route_scale=2.5, n_groups=4, groups_per_token=2,
-                  balancing="aux_free+seq_aux_loss", aux_loss_alpha=1e-4, bias_update_speed=1e-3,
-                  n_dense_layers=1),
+    mla=MLAConfig(
+        q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16
+    ),
+    moe=MoEConfig(
+        n_routed_experts=8,
+        n_shared_experts=1,
+        experts_per_token=2,
+        expert_ffn_dim=64,
+        gate="sigmoid",
+        route_scale=2.5,
+        n_groups=4,
+        groups_per_token=2,
+        balancing="aux_free+seq_aux_loss",
+        aux_loss_alpha=1e-4,
+        bias_update_speed=1e-3,
+        n_dense_layers=1,
+    ),
 )
 
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": TINY, "small": SMALL, "tiny_v3": TINY_V3, "deepseek_v3": DEEPSEEK_V3,
-    "deepseek_v2": DEEPSEEK_V2, "deepseek_v2_lite": DEEPSEEK_V2_LITE,
+    "tiny": TINY,
+    "small": SMALL,
+    "tiny_v3": TINY_V3,
+    "deepseek_v3": DEEPSEEK_V3,
+    "deepseek_v2": DEEPSEEK_V2,
+    "deepseek_v2_lite": DEEPSEEK_V2_LITE,
 }
 PRESET_NAMES = tuple(PRESETS)
 
@@ -452,8 +586,11 @@ def attention_params(cfg: ModelConfig) -> int:
         query = D * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * N * m.qk_head_dim
     else:
         query = D * N * m.qk_head_dim
-    kv = D * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank \
+    kv = (
+        D * (m.kv_lora_rank + m.qk_rope_head_dim)
+        + m.kv_lora_rank
         + m.kv_lora_rank * N * (m.qk_nope_head_dim + m.v_head_dim)
+    )
     return query + kv + N * m.v_head_dim * D
 
 
@@ -486,9 +623,17 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     moe_total, moe_activated = moe_param_counts(cfg) if n_moe else (0, 0)
     norms = 2 * L * D + D  # two RMSNorms per block and the final one (MLA's own are in `attention`)
     shared = embedding + head + attention + dense_ffn + norms
-    lookup = embedding - D if head else 0  # a token reads one row, unless the table is also the head
+    lookup = (
+        embedding - D if head else 0
+    )  # a token reads one row, unless the table is also the head
     return ParamCounts(
-        total=shared + n_moe * moe_total, activated=shared - lookup + n_moe * moe_activated,
-        embedding=embedding, head=head, attention=attention, dense_ffn=dense_ffn,
-        moe_total=n_moe * moe_total, moe_activated=n_moe * moe_activated, norms=norms,
+        total=shared + n_moe * moe_total,
+        activated=shared - lookup + n_moe * moe_activated,
+        embedding=embedding,
+        head=head,
+        attention=attention,
+        dense_ffn=dense_ffn,
+        moe_total=n_moe * moe_total,
+        moe_activated=n_moe * moe_activated,
+        norms=norms,
     )

@@ -82,8 +82,11 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> fl
 
 def gpu_hours(tokens: float, flops_per_token: float, peak_flops: float, mfu: float) -> float:
     """GPU-hours to process `tokens` at `mfu` of `peak_flops` per GPU."""
-    for name, value in (("tokens", tokens), ("flops_per_token", flops_per_token),
-                        ("peak_flops", peak_flops)):
+    for name, value in (
+        ("tokens", tokens),
+        ("flops_per_token", flops_per_token),
+        ("peak_flops", peak_flops),
+    ):
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
     if not 0 < mfu <= 1:
@@ -114,17 +117,28 @@ class CostReport:
 
 
 def cost_report(
-    cfg: ModelConfig, *, tokens: float = V3_TRAINING_TOKENS, peak_flops: float = H800_PEAK["bf16"],
-    mfu: float = 0.4, price_per_gpu_hour: float = V3_PRICE_PER_GPU_HOUR, seq_len: int | None = None,
+    cfg: ModelConfig,
+    *,
+    tokens: float = V3_TRAINING_TOKENS,
+    peak_flops: float = H800_PEAK["bf16"],
+    mfu: float = 0.4,
+    price_per_gpu_hour: float = V3_PRICE_PER_GPU_HOUR,
+    seq_len: int | None = None,
 ) -> CostReport:
     """Everything above for one config; the defaults are V3's pre-training (14.8T tokens, H800, $2/h)."""
     seq_len = cfg.max_seq_len if seq_len is None else seq_len
     flops = training_flops_per_token(cfg, seq_len)
     hours = gpu_hours(tokens, flops, peak_flops, mfu)
     return CostReport(
-        params=param_counts(cfg), kv_bytes_per_token=kv_cache_bytes_per_token(cfg, "bfloat16"),
-        seq_len=seq_len, flops_per_token=flops, tokens=tokens, peak_flops=peak_flops, mfu=mfu,
-        gpu_hours=hours, dollars=dollars(hours, price_per_gpu_hour),
+        params=param_counts(cfg),
+        kv_bytes_per_token=kv_cache_bytes_per_token(cfg, "bfloat16"),
+        seq_len=seq_len,
+        flops_per_token=flops,
+        tokens=tokens,
+        peak_flops=peak_flops,
+        mfu=mfu,
+        gpu_hours=hours,
+        dollars=dollars(hours, price_per_gpu_hour),
     )
 
 

@@ -178,10 +178,14 @@ def generate_splits(
     tasks = list(TASKS) if tasks is None else list(tasks)
     if set(sizes) != set(SPLITS):
         raise ValueError(f"sizes must have exactly the keys {SPLITS}, got {sorted(sizes)}")
-    per_task = {split: n if isinstance(n, dict) else dict.fromkeys(tasks, n) for split, n in sizes.items()}
+    per_task = {
+        split: n if isinstance(n, dict) else dict.fromkeys(tasks, n) for split, n in sizes.items()
+    }
     for split, counts in per_task.items():
         if any(not isinstance(counts.get(t), int) or counts[t] < 0 for t in tasks):
-            raise ValueError(f"sizes[{split!r}] must give a non-negative int for each task {tasks}, got {counts!r}")
+            raise ValueError(
+                f"sizes[{split!r}] must give a non-negative int for each task {tasks}, got {counts!r}"
+            )
     splits: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
     for t_index, name in enumerate(tasks):
         task = get_task(name)
@@ -195,7 +199,9 @@ def generate_splits(
                 if len(pool) == want:
                     break
         if len(pool) < want:
-            raise ValueError(f"task {name!r} has only {len(pool)} distinct prompts, {want} requested")
+            raise ValueError(
+                f"task {name!r} has only {len(pool)} distinct prompts, {want} requested"
+            )
         start = 0
         for split in SPLITS:
             splits[split].extend(pool[start : start + per_task[split][name]])
@@ -230,8 +236,10 @@ def shipped_data_dir() -> Path:
     """
     if all((DATA_DIR / f"{split}.jsonl").exists() for split in SPLITS):
         return DATA_DIR
-    root = os.environ.get("MINIDS_DATA_CACHE") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minids"
+    root = (
+        os.environ.get("MINIDS_DATA_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minids"
+    )
     cache = Path(root) / f"data-{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]}"
     if not all((cache / f"{split}.jsonl").exists() for split in SPLITS):
         cache.mkdir(parents=True, exist_ok=True)
@@ -268,11 +276,20 @@ def load_local(path: Path | str) -> list[dict[str, str]]:
         cols = set(ds.column_names)
         if {"prompt", "answer"} <= cols:
             tasks = ds["task"] if "task" in cols else ["custom"] * len(ds)
-            return _require_strings(path, [{"task": t, "prompt": p, "answer": a}
-                                           for t, p, a in zip(tasks, ds["prompt"], ds["answer"], strict=True)])
+            return _require_strings(
+                path,
+                [
+                    {"task": t, "prompt": p, "answer": a}
+                    for t, p, a in zip(tasks, ds["prompt"], ds["answer"], strict=True)
+                ],
+            )
         if "text" in cols:
-            return _require_strings(path, [{"task": "text", "prompt": "", "answer": t} for t in ds["text"]])
-        raise ValueError(f"{path} needs 'prompt' and 'answer' fields, or a 'text' field; has {sorted(cols)}")
+            return _require_strings(
+                path, [{"task": "text", "prompt": "", "answer": t} for t in ds["text"]]
+            )
+        raise ValueError(
+            f"{path} needs 'prompt' and 'answer' fields, or a 'text' field; has {sorted(cols)}"
+        )
     if path.suffix == ".txt":
         ds = datasets.load_dataset("text", data_files=str(path), split="train")
         return [{"task": "text", "prompt": "", "answer": t} for t in ds["text"] if t]

@@ -48,8 +48,10 @@ from minids.train import History, TrainConfig, fit, update_moe_biases
 
 
 def distillation_loss(
-    student_logits: Float[Array, "B T V"], teacher_logits: Float[Array, "B T V"],
-    temperature: float = 1.0, mask: Float[Array, "B T"] | None = None,
+    student_logits: Float[Array, "B T V"],
+    teacher_logits: Float[Array, "B T V"],
+    temperature: float = 1.0,
+    mask: Float[Array, "B T"] | None = None,
 ) -> Float[Array, ""]:
     """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the tokens where mask is 1.
 
@@ -59,8 +61,10 @@ def distillation_loss(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student and teacher logits must have the same shape (same vocabulary), got "
-                         f"{student_logits.shape} and {teacher_logits.shape}")
+        raise ValueError(
+            f"student and teacher logits must have the same shape (same vocabulary), got "
+            f"{student_logits.shape} and {teacher_logits.shape}"
+        )
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
     log_p_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
     log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
@@ -115,13 +119,22 @@ def rejection_sample(
     Returns the kept examples, `{"prompt", "answer": completion, "task"}`, ready for `fit`, and
     counts of what was sampled, accepted and kept.
     """
-    for name, value in (("samples_per_prompt", samples_per_prompt), ("keep_per_prompt", keep_per_prompt)):
+    for name, value in (
+        ("samples_per_prompt", samples_per_prompt),
+        ("keep_per_prompt", keep_per_prompt),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     tokenizer = tokenizer or CharTokenizer()
     prompts = [ex["prompt"] for ex in examples for _ in range(samples_per_prompt)]
-    completions = generate_text(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                temperature=temperature, key=jax.random.key(seed))
+    completions = generate_text(
+        teacher,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        key=jax.random.key(seed),
+    )
     kept, stats = [], RejectionStats(prompts=len(examples), samples=len(prompts))
     for i, ex in enumerate(examples):
         mine = completions[i * samples_per_prompt : (i + 1) * samples_per_prompt]
@@ -133,22 +146,34 @@ def rejection_sample(
                     chosen.append(completion)
             elif len(stats.rejected_examples) < 10:
                 stats.rejected_examples.append({"prompt": ex["prompt"], "completion": completion})
-        kept.extend({"prompt": ex["prompt"], "answer": c, "task": ex.get("task", "")} for c in chosen)
+        kept.extend(
+            {"prompt": ex["prompt"], "answer": c, "task": ex.get("task", "")} for c in chosen
+        )
         stats.prompts_with_a_keeper += bool(chosen)
     stats.kept = len(kept)
     return kept, stats
 
 
 def accuracy(
-    model: Transformer, examples: Sequence[dict[str, str]], *, check=task_check, max_new_tokens: int = 8,
+    model: Transformer,
+    examples: Sequence[dict[str, str]],
+    *,
+    check=task_check,
+    max_new_tokens: int = 8,
     tokenizer: CharTokenizer | None = None,
 ) -> float:
     """The fraction of prompts whose greedy completion `check` accepts."""
     if not examples:
         raise ValueError("examples must not be empty")
-    outputs = generate_text(model, tokenizer or CharTokenizer(), [ex["prompt"] for ex in examples],
-                            max_new_tokens=max_new_tokens)
-    return sum(bool(check(ex, out)) for ex, out in zip(examples, outputs, strict=True)) / len(examples)
+    outputs = generate_text(
+        model,
+        tokenizer or CharTokenizer(),
+        [ex["prompt"] for ex in examples],
+        max_new_tokens=max_new_tokens,
+    )
+    return sum(bool(check(ex, out)) for ex, out in zip(examples, outputs, strict=True)) / len(
+        examples
+    )
 
 
 # ------------------------------------------------------------------------------- logit level
@@ -196,6 +221,15 @@ def fit_logit_distillation(
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    step = partial(distill_step, teacher=teacher, alpha=float(alpha), temperature=float(temperature))
-    return fit(student, train_examples, val_examples, cfg, progress=progress, ckpt_dir=ckpt_dir,
-               step_fn=step)
+    step = partial(
+        distill_step, teacher=teacher, alpha=float(alpha), temperature=float(temperature)
+    )
+    return fit(
+        student,
+        train_examples,
+        val_examples,
+        cfg,
+        progress=progress,
+        ckpt_dir=ckpt_dir,
+        step_fn=step,
+    )

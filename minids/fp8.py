@@ -72,8 +72,14 @@ class Fp8Format(NamedTuple):
 
 def _format(name: str, dtype) -> Fp8Format:
     info = ml_dtypes.finfo(dtype)
-    return Fp8Format(name, dtype, float(info.max), int(info.nmant), float(info.tiny),
-                     float(info.smallest_subnormal))
+    return Fp8Format(
+        name,
+        dtype,
+        float(info.max),
+        int(info.nmant),
+        float(info.tiny),
+        float(info.smallest_subnormal),
+    )
 
 
 FORMATS = {"e4m3": _format("e4m3", jnp.float8_e4m3fn), "e5m2": _format("e5m2", jnp.float8_e5m2)}
@@ -122,12 +128,16 @@ def _check_blocks(x_shape: tuple[int, ...], block: tuple[int, int] | None, name:
     if block is None:
         return
     if len(x_shape) < 2 or x_shape[-2] % block[0] or x_shape[-1] % block[1]:
-        raise ValueError(f"{name} of shape {tuple(x_shape)} does not divide into blocks {block}: the "
-                         "last two axes must be multiples of the block (or use block=None)")
+        raise ValueError(
+            f"{name} of shape {tuple(x_shape)} does not divide into blocks {block}: the "
+            "last two axes must be multiples of the block (or use block=None)"
+        )
 
 
 def quantize(
-    x: Float[Array, "... R C"], fmt: str = "e4m3", block: tuple[int, int] | None = (1, 128),
+    x: Float[Array, "... R C"],
+    fmt: str = "e4m3",
+    block: tuple[int, int] | None = (1, 128),
     pow2_scale: bool = False,
 ) -> tuple[Array, Float[Array, "..."]]:
     """(q, scale): x / scale cast to FP8, one float32 scale per block of the last two axes.
@@ -143,7 +153,9 @@ def quantize(
     axes = (-3, -1) if block is not None else tuple(range(x32.ndim))
     amax = jnp.max(jnp.abs(tiles), axis=axes)  # (..., R/br, C/bc) or ()
     scale = jnp.maximum(amax, _AMAX_FLOOR) / f.max
-    if pow2_scale:  # the smallest power of two >= scale (V3 §3.3.3 for some activations; UE8M0, V3.1)
+    if (
+        pow2_scale
+    ):  # the smallest power of two >= scale (V3 §3.3.3 for some activations; UE8M0, V3.1)
         mantissa, exponent = jnp.frexp(scale)
         scale = jnp.ldexp(jnp.ones_like(scale), jnp.where(mantissa == 0.5, exponent - 1, exponent))
     spread = scale if block is None else scale[..., :, None, :, None]
@@ -162,8 +174,9 @@ def dequantize(
     return (tiles * spread).reshape(q.shape)
 
 
-def fp8_round_trip(x: Float[Array, "... R C"], fmt: str = "e4m3", block=(1, 128),
-                   pow2_scale: bool = False) -> Float[Array, "... R C"]:
+def fp8_round_trip(
+    x: Float[Array, "... R C"], fmt: str = "e4m3", block=(1, 128), pow2_scale: bool = False
+) -> Float[Array, "... R C"]:
     """The float32 values an FP8 GEMM reads for x: dequantize(quantize(x)) on any shape, blocks
     clipped to short axes and a partial last block zero-padded (module docstring)."""
     block = fit_block(block, x.shape[-2:])
@@ -179,8 +192,9 @@ def fake_quantize(x: Array, fmt: str = "e4m3", block=(1, 128), pow2_scale: bool 
     return fp8_round_trip(x, fmt, block, pow2_scale).astype(x.dtype)
 
 
-fake_quantize.defvjp(lambda x, *args: (fake_quantize(x, *args), None),
-                     lambda fmt, block, pow2, _, g: (g,))
+fake_quantize.defvjp(
+    lambda x, *args: (fake_quantize(x, *args), None), lambda fmt, block, pow2, _, g: (g,)
+)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -190,8 +204,9 @@ def quantize_grad(y: Array, fmt: str = "e4m3", block=(1, 128), pow2_scale: bool 
     return y
 
 
-quantize_grad.defvjp(lambda y, *args: (y, None),
-                     lambda fmt, block, pow2, _, g: (fake_quantize(g, fmt, block, pow2),))
+quantize_grad.defvjp(
+    lambda y, *args: (y, None), lambda fmt, block, pow2, _, g: (fake_quantize(g, fmt, block, pow2),)
+)
 
 
 def fp8_expert_weights(w: Float[Array, "E I O"], cfg: FP8Config) -> Float[Array, "E I O"]:
@@ -227,7 +242,10 @@ def fp8_expert_inputs(x, w_gate, w_up, w_down, cfg: FP8Config | None):
     matrices, so every dispatch sees the same FP8 values. Unchanged without FP8."""
     if cfg is None:
         return x, w_gate, w_up, w_down
-    return (fp8_expert_activation(x, cfg), *(fp8_expert_weights(w, cfg) for w in (w_gate, w_up, w_down)))
+    return (
+        fp8_expert_activation(x, cfg),
+        *(fp8_expert_weights(w, cfg) for w in (w_gate, w_up, w_down)),
+    )
 
 
 # ------------------------------------------------------------------------------- delayed scaling
@@ -255,15 +273,20 @@ def _truncate(x: Float[Array, "..."], bits: int) -> Float[Array, "..."]:
     if bits >= 23:
         return x
     mask = np.uint32((0xFFFFFFFF << (23 - bits)) & 0xFFFFFFFF)
-    return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(x, jnp.uint32) & mask, jnp.float32)
+    return jax.lax.bitcast_convert_type(
+        jax.lax.bitcast_convert_type(x, jnp.uint32) & mask, jnp.float32
+    )
 
 
 _EXACT = jax.lax.Precision.HIGHEST  # float32 products even where the default is TF32 (GPUs)
 
 
 def limited_precision_matmul_reference(
-    a: Float[Array, "M I"], b: Float[Array, "I O"], acc_mantissa_bits: int | None = 13,
-    k_slice: int = 32, promote_every: int | None = 128,
+    a: Float[Array, "M I"],
+    b: Float[Array, "I O"],
+    acc_mantissa_bits: int | None = 13,
+    k_slice: int = 32,
+    promote_every: int | None = 128,
 ) -> Float[Array, "M O"]:
     """The same arithmetic, slice by slice, as the hardware does it (slow, for tests and reading)."""
     check_accumulator(acc_mantissa_bits, k_slice, promote_every)
@@ -272,7 +295,9 @@ def limited_precision_matmul_reference(
     total = jnp.zeros((a.shape[0], b.shape[1]), jnp.float32)  # the float32 register (CUDA cores)
     acc = jnp.zeros_like(total)  # the tensor core's limited accumulator
     for start in range(0, a.shape[1], k_slice):
-        part = jnp.dot(a[:, start : start + k_slice], b[start : start + k_slice], precision=_EXACT)  # MMA
+        part = jnp.dot(
+            a[:, start : start + k_slice], b[start : start + k_slice], precision=_EXACT
+        )  # MMA
         acc = _truncate(acc + part, bits)
         if promote_every is not None and (start + k_slice) % promote_every == 0:
             total, acc = total + acc, jnp.zeros_like(acc)  # promote every N_C elements
@@ -286,9 +311,16 @@ limited_precision_matmul = kernel_fp8.limited_precision_matmul
 
 
 def fp8_matmul(
-    a: Float[Array, "M I"], b: Float[Array, "I O"], *, fmt: str = "e4m3", b_fmt: str | None = None,
-    a_block: tuple[int, int] | None = (1, 128), b_block: tuple[int, int] | None = (128, 128),
-    pow2_scale: bool = False, acc_mantissa_bits: int | None = 13, k_slice: int = 32,
+    a: Float[Array, "M I"],
+    b: Float[Array, "I O"],
+    *,
+    fmt: str = "e4m3",
+    b_fmt: str | None = None,
+    a_block: tuple[int, int] | None = (1, 128),
+    b_block: tuple[int, int] | None = (128, 128),
+    pow2_scale: bool = False,
+    acc_mantissa_bits: int | None = 13,
+    k_slice: int = 32,
     promote_every: int | None = 128,
 ) -> Float[Array, "M O"]:
     """A simulated FP8 GEMM: both inputs through `fp8_round_trip` (any shape), their FP8 values
@@ -309,7 +341,9 @@ def _accumulate(a, b, cfg: FP8Config):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def fp8_linear(x: Float[Array, "M I"], w: Float[Array, "I O"], cfg: FP8Config) -> Float[Array, "M O"]:
+def fp8_linear(
+    x: Float[Array, "M I"], w: Float[Array, "I O"], cfg: FP8Config
+) -> Float[Array, "M O"]:
     """y = x w with Fprop, Dgrad and Wgrad all FP8 GEMMs (float32 in and out)."""
     return _fp8_linear_fwd(x, w, cfg)[0]
 
@@ -317,7 +351,9 @@ def fp8_linear(x: Float[Array, "M I"], w: Float[Array, "I O"], cfg: FP8Config) -
 def _fp8_linear_fwd(x, w, cfg):
     act, weight, _ = cfg.blocks()
     act = fit_block(act, x.shape)
-    qx, sx = quantize(_pad_to_blocks(x, act), cfg.fmt, act, cfg.pow2_scale)  # kept for Wgrad, in FP8
+    qx, sx = quantize(
+        _pad_to_blocks(x, act), cfg.fmt, act, cfg.pow2_scale
+    )  # kept for Wgrad, in FP8
     x8 = dequantize(qx, sx, act)[: x.shape[0], : x.shape[1]]
     y = _accumulate(x8, fp8_round_trip(w, cfg.fmt, weight, cfg.pow2_scale), cfg)
     return y, (qx, sx, w)  # w is the master weight itself, not a copy
@@ -333,7 +369,7 @@ def _fp8_linear_bwd(cfg, residuals, dy):
     # Wgrad: dW = x^T dy contracts over the M tokens, so x (from its FP8 copy) and dy are re-quantized
     # in 1x128 tiles of x^T and dy^T, along the tokens.
     x8 = dequantize(qx, sx, fit_block(act, (M, n_in)))[:M, :n_in]
-    along_tokens = (lambda b: None if b is None else b[::-1])  # noqa: E731  (1x128 of x^T = 128x1 of x)
+    along_tokens = lambda b: None if b is None else b[::-1]  # noqa: E731  (1x128 of x^T = 128x1 of x)
     x8 = fp8_round_trip(x8, cfg.fmt, along_tokens(act), cfg.pow2_scale)
     dy8 = fp8_round_trip(dy, cfg.grad_fmt, along_tokens(grad), cfg.pow2_scale)
     return dx, _accumulate(x8.T, dy8, cfg)
@@ -348,18 +384,31 @@ _LECUN = nnx.initializers.lecun_normal()  # nnx.Linear's default
 class Fp8Linear(nnx.Module):
     """A bias-free linear layer whose three GEMMs run in simulated FP8; master weights float32."""
 
-    def __init__(self, d_in: int, d_out: int, cfg: FP8Config, *, dtype=jnp.float32,
-                 param_dtype=jnp.float32, kernel_init=_LECUN, rngs: nnx.Rngs | None = None,
-                 kernel: nnx.Param | None = None):
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        cfg: FP8Config,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        kernel_init=_LECUN,
+        rngs: nnx.Rngs | None = None,
+        kernel: nnx.Param | None = None,
+    ):
         if not isinstance(cfg, FP8Config):
             raise TypeError(f"cfg must be an FP8Config, got {type(cfg).__name__}")
         self.fp8, self.dtype = cfg, dtype
         if kernel is None:  # same key and shape as nnx.Linear's kernel
             if rngs is None:
-                raise ValueError("Fp8Linear needs rngs to initialise its kernel, or a kernel to hold")
+                raise ValueError(
+                    "Fp8Linear needs rngs to initialise its kernel, or a kernel to hold"
+                )
             kernel = nnx.Param(kernel_init(rngs.params(), (d_in, d_out), param_dtype))
         if tuple(kernel.shape) != (d_in, d_out):
-            raise ValueError(f"kernel must have shape (d_in, d_out) = {(d_in, d_out)}, got {kernel.shape}")
+            raise ValueError(
+                f"kernel must have shape (d_in, d_out) = {(d_in, d_out)}, got {kernel.shape}"
+            )
         self.kernel = kernel
 
     def __call__(self, x: Float[Array, "... I"]) -> Float[Array, "... O"]:
@@ -368,21 +417,31 @@ class Fp8Linear(nnx.Module):
         return y.reshape(*x.shape[:-1], -1).astype(self.dtype)
 
 
-def use_fp8_linears(model: nnx.Module, cfg: FP8Config, *, keep: tuple[nnx.Module, ...] = ()) -> None:
+def use_fp8_linears(
+    model: nnx.Module, cfg: FP8Config, *, keep: tuple[nnx.Module, ...] = ()
+) -> None:
     """Run every linear layer of `model` in FP8: each bias-free `nnx.Linear` inside it, except those
     in `keep`, becomes an `Fp8Linear` holding the very same weight, so an fp8 model starts from
     its fp32 twin's weights and checkpoints have the same layout. V3 keeps the output head (and the
     embedding, the norms and the router, which are not `nnx.Linear`) in higher precision (§3.3.1)."""
-    swaps = [(path, linear) for path, linear in nnx.iter_modules(model)
-             if isinstance(linear, nnx.Linear) and not any(linear is k for k in keep)]
+    swaps = [
+        (path, linear)
+        for path, linear in nnx.iter_modules(model)
+        if isinstance(linear, nnx.Linear) and not any(linear is k for k in keep)
+    ]
     for path, linear in swaps:
         if linear.use_bias:
             raise ValueError(f"use_fp8_linears converts bias-free layers only; {path} has a bias")
         parent = model
         for key in path[:-1]:
             parent = parent[key] if isinstance(key, int) else getattr(parent, key)
-        fp8 = Fp8Linear(linear.in_features, linear.out_features, cfg, dtype=linear.dtype or jnp.float32,
-                        kernel=linear.kernel)
+        fp8 = Fp8Linear(
+            linear.in_features,
+            linear.out_features,
+            cfg,
+            dtype=linear.dtype or jnp.float32,
+            kernel=linear.kernel,
+        )
         if isinstance(path[-1], int):
             parent[path[-1]] = fp8
         else:

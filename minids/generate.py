@@ -36,11 +36,16 @@ from minids.model import Transformer
 class Generation:
     tokens: np.ndarray  # (B, max_new_tokens) generated ids, PAD after EOS
     lengths: np.ndarray  # (B,) tokens generated before (not counting) EOS
-    logprobs: np.ndarray  # (B, max_new_tokens) log-prob of each token under the model (temperature 1)
+    logprobs: (
+        np.ndarray
+    )  # (B, max_new_tokens) log-prob of each token under the model (temperature 1)
 
 
 def sample_logits(
-    logits: Float[Array, "B V"], key: Array, temperature: Array | float, top_k: int | None,
+    logits: Float[Array, "B V"],
+    key: Array,
+    temperature: Array | float,
+    top_k: int | None,
     top_p: Array | float,
 ) -> Int[Array, " B"]:
     """Pick one token per row: greedy at temperature 0, else temperature / top-k / top-p sampling."""
@@ -54,7 +59,9 @@ def sample_logits(
     sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
     sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
     keep_sorted = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs < top_p
-    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(scaled.shape[0])[:, None], order].set(keep_sorted)
+    keep = (
+        jnp.zeros_like(keep_sorted).at[jnp.arange(scaled.shape[0])[:, None], order].set(keep_sorted)
+    )
     scaled = jnp.where(keep, scaled, -jnp.inf)
     sampled = jax.random.categorical(key, scaled, axis=-1)
     return jnp.where(temperature > 0, sampled, greedy)
@@ -78,15 +85,20 @@ def _positions(mask):
 
 
 @partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_id", "pad_id"))
-def _generate_cached(model, tokens, mask, key, temperature, top_p, *, max_new_tokens, top_k,
-                     eos_id, pad_id):
+def _generate_cached(
+    model, tokens, mask, key, temperature, top_p, *, max_new_tokens, top_k, eos_id, pad_id
+):
     B, P = tokens.shape
     cache = model.init_cache(B, P + max_new_tokens)
     positions = _positions(mask)
     logits, cache = model.forward_cached(tokens, positions, cache, mask)
     state = dict(
-        step=jnp.zeros((), jnp.int32), logits=logits[:, -1], cache=cache,
-        position=positions[:, -1] + 1, done=jnp.zeros((B,), bool), key=key,
+        step=jnp.zeros((), jnp.int32),
+        logits=logits[:, -1],
+        cache=cache,
+        position=positions[:, -1] + 1,
+        done=jnp.zeros((B,), bool),
+        key=key,
         out=jnp.full((B, max_new_tokens), pad_id, jnp.int32),
         logprobs=jnp.zeros((B, max_new_tokens), jnp.float32),
     )
@@ -98,11 +110,17 @@ def _generate_cached(model, tokens, mask, key, temperature, top_p, *, max_new_to
         key, sub = jax.random.split(s["key"])
         token = sample_logits(s["logits"], sub, temperature, top_k, top_p)
         token = jnp.where(s["done"], pad_id, token)
-        logprob = jnp.take_along_axis(jax.nn.log_softmax(s["logits"]), token[:, None], axis=-1)[:, 0]
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(s["logits"]), token[:, None], axis=-1)[
+            :, 0
+        ]
         logits, cache = model.forward_cached(token[:, None], s["position"][:, None], s["cache"])
         return dict(
-            step=s["step"] + 1, logits=logits[:, -1], cache=cache, position=s["position"] + 1,
-            done=s["done"] | (token == eos_id), key=key,
+            step=s["step"] + 1,
+            logits=logits[:, -1],
+            cache=cache,
+            position=s["position"] + 1,
+            done=s["done"] | (token == eos_id),
+            key=key,
             out=s["out"].at[:, s["step"]].set(token),
             logprobs=s["logprobs"].at[:, s["step"]].set(jnp.where(s["done"], 0.0, logprob)),
         )
@@ -112,15 +130,18 @@ def _generate_cached(model, tokens, mask, key, temperature, top_p, *, max_new_to
 
 
 @partial(nnx.jit, static_argnames=("max_new_tokens", "top_k", "eos_id", "pad_id"))
-def _generate_recompute(model, tokens, mask, key, temperature, top_p, *, max_new_tokens, top_k,
-                        eos_id, pad_id):
+def _generate_recompute(
+    model, tokens, mask, key, temperature, top_p, *, max_new_tokens, top_k, eos_id, pad_id
+):
     B, P = tokens.shape
     buf = jnp.concatenate([tokens, jnp.full((B, max_new_tokens), pad_id, jnp.int32)], axis=1)
     buf_mask = jnp.concatenate([mask, jnp.zeros((B, max_new_tokens), bool)], axis=1)
 
     def body(step, s):
         buf, buf_mask, done, key = s
-        logits = model(buf, _positions(buf_mask), key_mask=buf_mask)  # the whole sequence, every step
+        logits = model(
+            buf, _positions(buf_mask), key_mask=buf_mask
+        )  # the whole sequence, every step
         last = jax.lax.dynamic_index_in_dim(logits, P + step - 1, axis=1, keepdims=False)
         key, sub = jax.random.split(key)
         token = jnp.where(done, pad_id, sample_logits(last, sub, temperature, top_k, top_p))
@@ -128,19 +149,30 @@ def _generate_recompute(model, tokens, mask, key, temperature, top_p, *, max_new
         buf_mask = jax.lax.dynamic_update_slice(buf_mask, jnp.ones((B, 1), bool), (0, P + step))
         return buf, buf_mask, done | (token == eos_id), key
 
-    buf, *_ = jax.lax.fori_loop(0, max_new_tokens, body, (buf, buf_mask, jnp.zeros((B,), bool), key))
+    buf, *_ = jax.lax.fori_loop(
+        0, max_new_tokens, body, (buf, buf_mask, jnp.zeros((B,), bool), key)
+    )
     return buf[:, P:]
 
 
 def _check_sampling(model, max_new_tokens, temperature, top_k, top_p):
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be a minids Transformer, got {type(model).__name__}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not (isinstance(top_k, int) and 1 <= top_k <= model.cfg.vocab_size)):
-        raise ValueError(f"top_k must be None or an int in [1, {model.cfg.vocab_size}], got {top_k!r}")
+    if top_k is not None and (
+        isinstance(top_k, bool)
+        or not (isinstance(top_k, int) and 1 <= top_k <= model.cfg.vocab_size)
+    ):
+        raise ValueError(
+            f"top_k must be None or an int in [1, {model.cfg.vocab_size}], got {top_k!r}"
+        )
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
@@ -161,26 +193,39 @@ def generate(
     """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens."""
     _check_sampling(model, max_new_tokens, temperature, top_k, top_p)
     tokens, mask = left_pad(prompts, pad_id)
-    if tokens.min() < 0 or tokens.max() >= model.cfg.vocab_size:  # else a silent NaN or a wrap-around
+    if (
+        tokens.min() < 0 or tokens.max() >= model.cfg.vocab_size
+    ):  # else a silent NaN or a wrap-around
         raise ValueError(
             f"prompt token ids (and pad_id) must be in [0, {model.cfg.vocab_size}), the model's "
             f"vocab_size; got ids from {tokens.min()} to {tokens.max()}"
         )
     key = jax.random.key(0) if key is None else key
-    args = (model, jnp.asarray(tokens), jnp.asarray(mask), key, jnp.float32(temperature),
-            jnp.float32(top_p))
+    args = (
+        model,
+        jnp.asarray(tokens),
+        jnp.asarray(mask),
+        key,
+        jnp.float32(temperature),
+        jnp.float32(top_p),
+    )
     static = dict(max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id, pad_id=pad_id)
     if use_cache:
         out, logprobs = _generate_cached(*args, **static)
     else:
-        out, logprobs = _generate_recompute(*args, **static), jnp.zeros((len(prompts), max_new_tokens))
+        out, logprobs = (
+            _generate_recompute(*args, **static),
+            jnp.zeros((len(prompts), max_new_tokens)),
+        )
     out = np.asarray(out)
     is_eos = out == eos_id
     lengths = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1), max_new_tokens)
     return Generation(tokens=out, lengths=lengths, logprobs=np.asarray(logprobs))
 
 
-def generate_recompute(model: Transformer, prompts: Sequence[Sequence[int]], **kwargs) -> Generation:
+def generate_recompute(
+    model: Transformer, prompts: Sequence[Sequence[int]], **kwargs
+) -> Generation:
     """The reference without a cache (see the module docstring); same arguments as `generate`."""
     return generate(model, prompts, use_cache=False, **kwargs)
 
@@ -220,8 +265,9 @@ def task_accuracy(
     from minids.data import TASKS
 
     tokenizer = tokenizer or CharTokenizer()
-    outputs = generate_text(model, tokenizer, [e["prompt"] for e in examples],
-                            max_new_tokens=max_new_tokens, **kwargs)
+    outputs = generate_text(
+        model, tokenizer, [e["prompt"] for e in examples], max_new_tokens=max_new_tokens, **kwargs
+    )
     hits: dict[str, list[bool]] = {}
     for ex, out in zip(examples, outputs, strict=True):
         task = TASKS.get(ex["task"])

@@ -167,7 +167,9 @@ def grpo_loss(
         logp_r, old_r = jnp.broadcast_to(seq_log_ratio, logp.shape), jnp.zeros_like(logp)
     else:
         logp_r, old_r = logp, old_logp
-    objective = clipped_surrogate(logp_r, old_r, advantages, mask, cfg.epsilon_low, cfg.epsilon_high)
+    objective = clipped_surrogate(
+        logp_r, old_r, advantages, mask, cfg.epsilon_low, cfg.epsilon_high
+    )
     kl = jnp.zeros_like(logp) if ref_logp is None else k3_kl(logp, ref_logp, mask)
     if ref_logp is not None and cfg.beta > 0:
         objective = objective - cfg.beta * kl

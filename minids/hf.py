@@ -72,9 +72,12 @@ def model_type_of(hf: dict) -> str:
         kinds = {by_class[a] for a in hf.get("architectures") or () if a in by_class}
         if len(kinds) == 1:
             return kinds.pop()
-        raise _unsupported("model_type / architectures", hf.get("architectures"),
-                           f"model_type one of {sorted(FAMILIES)} or architectures one of "
-                           f"{sorted(FAMILIES.values())}")
+        raise _unsupported(
+            "model_type / architectures",
+            hf.get("architectures"),
+            f"model_type one of {sorted(FAMILIES)} or architectures one of "
+            f"{sorted(FAMILIES.values())}",
+        )
     if kind not in FAMILIES:
         raise _unsupported("model_type", kind, f"one of {sorted(FAMILIES)}")
     return kind
@@ -93,74 +96,123 @@ def _common(hf: dict) -> tuple[dict, float]:
     rope = hf.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default" or hf.get("rope_scaling"):
-        raise _unsupported("rope scaling", hf.get("rope_scaling") or rope_type,
-                           "plain RoPE only (rope_type 'default'); YaRN and other scalings are not "
-                           "implemented")
-    _check(hf, [
-        ("hidden_act", "silu", ("silu",), "'silu' only: SwiGLU"),
-        ("attention_bias", False, (False,), "false only: projections without biases"),
-        ("mlp_bias", False, (False,), "false only: feed-forward layers without biases"),
-        ("pretraining_tp", 1, (1, None), "1 only"),
-        ("moe_layer_freq", 1, (1,), "1 only: every layer after first_k_dense_replace is MoE"),
-    ])
+        raise _unsupported(
+            "rope scaling",
+            hf.get("rope_scaling") or rope_type,
+            "plain RoPE only (rope_type 'default'); YaRN and other scalings are not implemented",
+        )
+    _check(
+        hf,
+        [
+            ("hidden_act", "silu", ("silu",), "'silu' only: SwiGLU"),
+            ("attention_bias", False, (False,), "false only: projections without biases"),
+            ("mlp_bias", False, (False,), "false only: feed-forward layers without biases"),
+            ("pretraining_tp", 1, (1, None), "1 only"),
+            ("moe_layer_freq", 1, (1,), "1 only: every layer after first_k_dense_replace is MoE"),
+        ],
+    )
     n_heads = hf["num_attention_heads"]
     if hf.get("num_key_value_heads") not in (None, n_heads):
-        raise _unsupported("num_key_value_heads", hf.get("num_key_value_heads"),
-                           f"MLA expands to all {n_heads} heads; it must equal num_attention_heads")
-    mla = MLAConfig(q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=hf["kv_lora_rank"],
-                    qk_nope_head_dim=hf["qk_nope_head_dim"], qk_rope_head_dim=hf["qk_rope_head_dim"],
-                    v_head_dim=hf["v_head_dim"])
+        raise _unsupported(
+            "num_key_value_heads",
+            hf.get("num_key_value_heads"),
+            f"MLA expands to all {n_heads} heads; it must equal num_attention_heads",
+        )
+    mla = MLAConfig(
+        q_lora_rank=hf.get("q_lora_rank") or 0,
+        kv_lora_rank=hf["kv_lora_rank"],
+        qk_nope_head_dim=hf["qk_nope_head_dim"],
+        qk_rope_head_dim=hf["qk_rope_head_dim"],
+        v_head_dim=hf["v_head_dim"],
+    )
     fields = dict(
-        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-        n_heads=n_heads, n_kv_heads=n_heads, head_dim=hf["qk_rope_head_dim"],
-        ffn_dim=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 4096),
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=n_heads,
+        n_kv_heads=n_heads,
+        head_dim=hf["qk_rope_head_dim"],
+        ffn_dim=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 4096),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), mla=mla,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        mla=mla,
     )
     theta = float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
     return fields, theta
 
 
 def _moe_v3(hf: dict, n_dense: int) -> MoEConfig:
-    _check(hf, [
-        ("scoring_func", "sigmoid", ("sigmoid",), "'sigmoid' only for DeepSeek-V3"),
-        ("topk_method", "noaux_tc", ("noaux_tc",), "'noaux_tc' only: V3's routing"),
-        ("norm_topk_prob", True, (True, False, None), "true, false or null (= false, as in transformers)"),
-    ])
+    _check(
+        hf,
+        [
+            ("scoring_func", "sigmoid", ("sigmoid",), "'sigmoid' only for DeepSeek-V3"),
+            ("topk_method", "noaux_tc", ("noaux_tc",), "'noaux_tc' only: V3's routing"),
+            (
+                "norm_topk_prob",
+                True,
+                (True, False, None),
+                "true, false or null (= false, as in transformers)",
+            ),
+        ],
+    )
     return MoEConfig(
-        n_routed_experts=hf["n_routed_experts"], n_shared_experts=hf.get("n_shared_experts") or 0,
-        experts_per_token=hf["num_experts_per_tok"], expert_ffn_dim=hf["moe_intermediate_size"],
-        gate="sigmoid", norm_topk_prob=bool(hf.get("norm_topk_prob", True)),  # absent: true; null: false
+        n_routed_experts=hf["n_routed_experts"],
+        n_shared_experts=hf.get("n_shared_experts") or 0,
+        experts_per_token=hf["num_experts_per_tok"],
+        expert_ffn_dim=hf["moe_intermediate_size"],
+        gate="sigmoid",
+        norm_topk_prob=bool(hf.get("norm_topk_prob", True)),  # absent: true; null: false
         route_scale=float(hf.get("routed_scaling_factor", 1.0)),
-        n_groups=hf.get("n_group") or 1, groups_per_token=hf.get("topk_group") or 1,
-        balancing="aux_free+seq_aux_loss", n_dense_layers=n_dense,
+        n_groups=hf.get("n_group") or 1,
+        groups_per_token=hf.get("topk_group") or 1,
+        balancing="aux_free+seq_aux_loss",
+        n_dense_layers=n_dense,
     )
 
 
 def _moe_v2(hf: dict, n_dense: int) -> MoEConfig:
-    _check(hf, [
-        ("scoring_func", "softmax", ("softmax",), "'softmax' only for DeepSeek-V2"),
-        ("topk_method", "greedy", ("greedy", "group_limited_greedy"),
-         "'greedy' or 'group_limited_greedy'"),
-        ("norm_topk_prob", False, (False, None),
-         "false only: transformers' DeepseekV2 never renormalises the top-k gates (it ignores this "
-         "field) while DeepSeek's original code renormalises and drops routed_scaling_factor, so the "
-         "intended numbers are ambiguous"),
-    ])
+    _check(
+        hf,
+        [
+            ("scoring_func", "softmax", ("softmax",), "'softmax' only for DeepSeek-V2"),
+            (
+                "topk_method",
+                "greedy",
+                ("greedy", "group_limited_greedy"),
+                "'greedy' or 'group_limited_greedy'",
+            ),
+            (
+                "norm_topk_prob",
+                False,
+                (False, None),
+                "false only: transformers' DeepseekV2 never renormalises the top-k gates (it ignores this "
+                "field) while DeepSeek's original code renormalises and drops routed_scaling_factor, so the "
+                "intended numbers are ambiguous",
+            ),
+        ],
+    )
     groups, kept = 1, 1  # greedy: a plain top-k over all experts
     if hf.get("topk_method", "greedy") == "group_limited_greedy":
         for field in ("n_group", "topk_group"):
             if not isinstance(hf.get(field), int) or hf[field] < 1:
-                raise _unsupported(field, hf.get(field),
-                                   "a positive int with topk_method 'group_limited_greedy'")
+                raise _unsupported(
+                    field, hf.get(field), "a positive int with topk_method 'group_limited_greedy'"
+                )
         groups, kept = hf["n_group"], hf["topk_group"]
     return MoEConfig(
-        n_routed_experts=hf["n_routed_experts"], n_shared_experts=hf.get("n_shared_experts") or 0,
-        experts_per_token=hf["num_experts_per_tok"], expert_ffn_dim=hf["moe_intermediate_size"],
-        gate="softmax", norm_topk_prob=False, route_scale=float(hf.get("routed_scaling_factor", 1.0)),
-        n_groups=groups, groups_per_token=kept,
+        n_routed_experts=hf["n_routed_experts"],
+        n_shared_experts=hf.get("n_shared_experts") or 0,
+        experts_per_token=hf["num_experts_per_tok"],
+        expert_ffn_dim=hf["moe_intermediate_size"],
+        gate="softmax",
+        norm_topk_prob=False,
+        route_scale=float(hf.get("routed_scaling_factor", 1.0)),
+        n_groups=groups,
+        groups_per_token=kept,
         # no aux-free bias: select_experts then ranks groups by their best score, as V2 does
-        balancing="seq_aux_loss" if hf.get("seq_aux") else "aux_loss", n_dense_layers=n_dense,
+        balancing="seq_aux_loss" if hf.get("seq_aux") else "aux_loss",
+        n_dense_layers=n_dense,
     )
 
 
@@ -179,8 +231,10 @@ def _read_safetensors(folder: Path) -> dict[str, np.ndarray]:
     try:
         from safetensors import safe_open
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("reading Hugging Face weights needs safetensors: pip install 'minids[parity]' "
-                          "or pip install safetensors") from error
+        raise ImportError(
+            "reading Hugging Face weights needs safetensors: pip install 'minids[parity]' "
+            "or pip install safetensors"
+        ) from error
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ValueError(f"no *.safetensors files in {folder}")
@@ -216,7 +270,9 @@ class _Weights:
 def _set(variable, value: np.ndarray, key: str) -> None:
     target = variable[...]
     if tuple(target.shape) != tuple(value.shape):
-        raise ValueError(f"{key}: expected shape {tuple(target.shape)} for minids, got {tuple(value.shape)}")
+        raise ValueError(
+            f"{key}: expected shape {tuple(target.shape)} for minids, got {tuple(value.shape)}"
+        )
     variable[...] = jnp.asarray(value, target.dtype)
 
 
@@ -231,17 +287,29 @@ def _load_attention(attn, w: _Weights, prefix: str, cfg: ModelConfig, interleave
     m, N = cfg.mla, cfg.n_heads
     R, Hqk = m.qk_rope_head_dim, m.qk_head_dim
     perm_r = _deinterleave(R) if interleaved else np.arange(R)
-    q_rows = np.concatenate([h * Hqk + np.concatenate([np.arange(m.qk_nope_head_dim), m.qk_nope_head_dim + perm_r])
-                             for h in range(N)])
+    q_rows = np.concatenate(
+        [
+            h * Hqk + np.concatenate([np.arange(m.qk_nope_head_dim), m.qk_nope_head_dim + perm_r])
+            for h in range(N)
+        ]
+    )
     kv_rows = np.concatenate([np.arange(m.kv_lora_rank), m.kv_lora_rank + perm_r])
     if m.q_lora_rank:
         _load_linear(attn.wq_a, w, f"{prefix}.q_a_proj.weight")
-        _set(attn.q_norm.scale, w.take(f"{prefix}.q_a_layernorm.weight"), f"{prefix}.q_a_layernorm.weight")
+        _set(
+            attn.q_norm.scale,
+            w.take(f"{prefix}.q_a_layernorm.weight"),
+            f"{prefix}.q_a_layernorm.weight",
+        )
         _load_linear(attn.wq_b, w, f"{prefix}.q_b_proj.weight", q_rows)
     else:
         _load_linear(attn.wq, w, f"{prefix}.q_proj.weight", q_rows)
     _load_linear(attn.wkv_a, w, f"{prefix}.kv_a_proj_with_mqa.weight", kv_rows)
-    _set(attn.kv_norm.scale, w.take(f"{prefix}.kv_a_layernorm.weight"), f"{prefix}.kv_a_layernorm.weight")
+    _set(
+        attn.kv_norm.scale,
+        w.take(f"{prefix}.kv_a_layernorm.weight"),
+        f"{prefix}.kv_a_layernorm.weight",
+    )
     _load_linear(attn.wkv_b, w, f"{prefix}.kv_b_proj.weight")
     _load_linear(attn.wo, w, f"{prefix}.o_proj.weight")
 
@@ -262,8 +330,10 @@ def _load_moe(moe, w: _Weights, prefix: str, cfg: ModelConfig) -> None:
         gate, up = gate_up[:, :F], gate_up[:, F:]
         down = w.take(f"{prefix}.experts.down_proj")
     else:  # one module per expert, the layout of DeepSeek's released checkpoints
-        gate, up, down = (np.stack([w.take(f"{prefix}.experts.{e}.{name}.weight") for e in range(E)])
-                          for name in ("gate_proj", "up_proj", "down_proj"))
+        gate, up, down = (
+            np.stack([w.take(f"{prefix}.experts.{e}.{name}.weight") for e in range(E)])
+            for name in ("gate_proj", "up_proj", "down_proj")
+        )
     _set(moe.routed_gate, gate.transpose(0, 2, 1), f"{prefix}.experts (gate)")
     _set(moe.routed_up, up.transpose(0, 2, 1), f"{prefix}.experts (up)")
     _set(moe.routed_down, down.transpose(0, 2, 1), f"{prefix}.experts (down)")
@@ -276,8 +346,9 @@ def _load_moe(moe, w: _Weights, prefix: str, cfg: ModelConfig) -> None:
                 raise ValueError(f"{key} holds weights but the config has n_shared_experts = 0")
 
 
-def load_hf_deepseek(path: str | Path, *, dtype: str = "float32",
-                     family: str | None = None) -> tuple[ModelConfig, Transformer]:
+def load_hf_deepseek(
+    path: str | Path, *, dtype: str = "float32", family: str | None = None
+) -> tuple[ModelConfig, Transformer]:
     """Read a local DeepSeek-V2 or -V3 folder; return (minids config, minids model with its weights).
 
     `family` ('deepseek_v2' or 'deepseek_v3'), when given, is checked against the folder's config.
@@ -289,19 +360,33 @@ def load_hf_deepseek(path: str | Path, *, dtype: str = "float32",
     hf = json.loads(config_file.read_text())
     kind = model_type_of(hf)
     if family is not None and kind != family:
-        raise _unsupported("model_type", kind, f"{family!r} for this loader; load_hf_deepseek reads "
-                           f"any of {sorted(FAMILIES)}")
+        raise _unsupported(
+            "model_type",
+            kind,
+            f"{family!r} for this loader; load_hf_deepseek reads any of {sorted(FAMILIES)}",
+        )
     cfg = config_from_hf(hf, dtype=dtype)
     w = _Weights(_read_safetensors(folder))
     model = Transformer(cfg)
-    _set(model.embed.embed.embedding, w.take("model.embed_tokens.weight"), "model.embed_tokens.weight")
+    _set(
+        model.embed.embed.embedding,
+        w.take("model.embed_tokens.weight"),
+        "model.embed_tokens.weight",
+    )
     # V2 always rotates interleaved pairs (transformers ignores any rope_interleave); V3 may not
     interleaved = kind == "deepseek_v2" or bool(hf.get("rope_interleave", True))
     for i, block in enumerate(model.blocks):
         prefix = f"model.layers.{i}"
-        _set(block.attn_norm.scale, w.take(f"{prefix}.input_layernorm.weight"), f"{prefix}.input_layernorm")
-        _set(block.ffn_norm.scale, w.take(f"{prefix}.post_attention_layernorm.weight"),
-             f"{prefix}.post_attention_layernorm")
+        _set(
+            block.attn_norm.scale,
+            w.take(f"{prefix}.input_layernorm.weight"),
+            f"{prefix}.input_layernorm",
+        )
+        _set(
+            block.ffn_norm.scale,
+            w.take(f"{prefix}.post_attention_layernorm.weight"),
+            f"{prefix}.post_attention_layernorm",
+        )
         _load_attention(block.attn, w, f"{prefix}.self_attn", cfg, interleaved)
         if block.use_moe:
             _load_moe(block.ffn, w, f"{prefix}.mlp", cfg)
@@ -311,17 +396,25 @@ def load_hf_deepseek(path: str | Path, *, dtype: str = "float32",
     if model.lm_head is not None:
         _load_linear(model.lm_head, w, "lm_head.weight")
     beyond = tuple(f"model.layers.{i}." for i in range(cfg.n_layers, cfg.n_layers + 64))
-    left = sorted(k for k in set(w.tensors) - w.used if not k.startswith(beyond))  # MTP layers aside
+    left = sorted(
+        k for k in set(w.tensors) - w.used if not k.startswith(beyond)
+    )  # MTP layers aside
     if left:
-        raise ValueError(f"the checkpoint has weights minids does not know where to put: {left[:8]}")
+        raise ValueError(
+            f"the checkpoint has weights minids does not know where to put: {left[:8]}"
+        )
     return cfg, model
 
 
-def load_hf_deepseek_v3(path: str | Path, *, dtype: str = "float32") -> tuple[ModelConfig, Transformer]:
+def load_hf_deepseek_v3(
+    path: str | Path, *, dtype: str = "float32"
+) -> tuple[ModelConfig, Transformer]:
     """Read a local `DeepseekV3ForCausalLM` folder; return (minids config, minids model with its weights)."""
     return load_hf_deepseek(path, dtype=dtype, family="deepseek_v3")
 
 
-def load_hf_deepseek_v2(path: str | Path, *, dtype: str = "float32") -> tuple[ModelConfig, Transformer]:
+def load_hf_deepseek_v2(
+    path: str | Path, *, dtype: str = "float32"
+) -> tuple[ModelConfig, Transformer]:
     """Read a local `DeepseekV2ForCausalLM` folder (V2, V2-Lite); return (minids config, minids model)."""
     return load_hf_deepseek(path, dtype=dtype, family="deepseek_v2")

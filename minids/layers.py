@@ -41,10 +41,14 @@ class RMSNorm(nnx.Module):
         return (x32 * rms * scale).astype(x.dtype)
 
 
-def rope_angles(positions: Int[Array, "B T"], head_dim: int, theta: float) -> Float[Array, "B T H2"]:
+def rope_angles(
+    positions: Int[Array, "B T"], head_dim: int, theta: float
+) -> Float[Array, "B T H2"]:
     """Rotation angle of each channel pair at each position: positions * theta^(-2i/H)."""
     inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)  # (H/2,)
-    return positions.astype(jnp.float32)[..., None] * inv_freq.reshape((1,) * positions.ndim + (-1,))
+    return positions.astype(jnp.float32)[..., None] * inv_freq.reshape(
+        (1,) * positions.ndim + (-1,)
+    )
 
 
 def apply_rope(
@@ -60,7 +64,9 @@ def apply_rope(
     return rotated.astype(x.dtype)
 
 
-def dense(d_in: int, d_out: int, cfg: ModelConfig, *, rngs: nnx.Rngs, scale: float = 1.0) -> nnx.Linear:
+def dense(
+    d_in: int, d_out: int, cfg: ModelConfig, *, rngs: nnx.Rngs, scale: float = 1.0
+) -> nnx.Linear:
     """A bias-free linear layer in the config's compute and parameter dtypes.
 
     Weights ~ N(0, scale / d_in): `scale < 1` is used for the projections that write into the
@@ -69,8 +75,13 @@ def dense(d_in: int, d_out: int, cfg: ModelConfig, *, rngs: nnx.Rngs, scale: flo
     """
     init = nnx.initializers.variance_scaling(scale, "fan_in", "normal")
     return nnx.Linear(
-        d_in, d_out, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        kernel_init=init, rngs=rngs,
+        d_in,
+        d_out,
+        use_bias=False,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
+        kernel_init=init,
+        rngs=rngs,
     )
 
 
@@ -99,8 +110,12 @@ class Embedding(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.embed = nnx.Embed(
-            cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-            embedding_init=nnx.initializers.normal(1.0), rngs=rngs,
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
+            embedding_init=nnx.initializers.normal(1.0),
+            rngs=rngs,
         )
 
     def __call__(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:

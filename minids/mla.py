@@ -62,8 +62,12 @@ LATENT_NORM_EPS = 1e-6
 
 
 def split_latent(
-    kv: Float[Array, "B T CR"], norm_scale: Float[Array, " C"], positions: Int[Array, "B T"],
-    kv_lora_rank: int, rope_theta: float = 10_000.0, eps: float = 1e-6,
+    kv: Float[Array, "B T CR"],
+    norm_scale: Float[Array, " C"],
+    positions: Int[Array, "B T"],
+    kv_lora_rank: int,
+    rope_theta: float = 10_000.0,
+    eps: float = 1e-6,
 ) -> tuple[Float[Array, "B T C"], Float[Array, "B T R"]]:
     """Split W_DKV h into the normalised latent c_kv and the rotated shared key k_rope."""
     c_kv, k_rope = kv[..., :kv_lora_rank], kv[..., kv_lora_rank:]
@@ -75,8 +79,13 @@ def split_latent(
 
 
 def latent_kv(
-    x: Float[Array, "B T D"], w_dkv: Float[Array, "D CR"], norm_scale: Float[Array, " C"],
-    positions: Int[Array, "B T"], kv_lora_rank: int, rope_theta: float = 10_000.0, eps: float = 1e-6,
+    x: Float[Array, "B T D"],
+    w_dkv: Float[Array, "D CR"],
+    norm_scale: Float[Array, " C"],
+    positions: Int[Array, "B T"],
+    kv_lora_rank: int,
+    rope_theta: float = 10_000.0,
+    eps: float = 1e-6,
 ) -> tuple[Float[Array, "B T C"], Float[Array, "B T R"]]:
     """What MLA caches for each token (V2 eqs. 9 and 15): exercise 02 asks students to write it.
 
@@ -88,8 +97,12 @@ def latent_kv(
 
 
 def naive_scores(
-    q_nope: Float[Array, "B T N Hn"], q_rope: Float[Array, "B T N R"], c_kv: Float[Array, "B S C"],
-    k_rope: Float[Array, "B S R"], w_uk: Float[Array, "C N Hn"], scale: float,
+    q_nope: Float[Array, "B T N Hn"],
+    q_rope: Float[Array, "B T N R"],
+    c_kv: Float[Array, "B S C"],
+    k_rope: Float[Array, "B S R"],
+    w_uk: Float[Array, "C N Hn"],
+    scale: float,
 ) -> Float[Array, "B N T S"]:
     """Attention scores the obvious way: rebuild k_nope = W_UK c_kv for every key, then q · k."""
     k_nope = jnp.einsum("BSC,CNH->BSNH", c_kv, w_uk)
@@ -100,8 +113,12 @@ def naive_scores(
 
 
 def absorbed_scores(
-    q_nope: Float[Array, "B T N Hn"], q_rope: Float[Array, "B T N R"], c_kv: Float[Array, "B S C"],
-    k_rope: Float[Array, "B S R"], w_uk: Float[Array, "C N Hn"], scale: float,
+    q_nope: Float[Array, "B T N Hn"],
+    q_rope: Float[Array, "B T N R"],
+    c_kv: Float[Array, "B S C"],
+    k_rope: Float[Array, "B S R"],
+    w_uk: Float[Array, "C N Hn"],
+    scale: float,
 ) -> Float[Array, "B N T S"]:
     """The same scores with W_UK absorbed into the query (exercise 02): never builds a key.
 
@@ -126,7 +143,11 @@ class MLA(nnx.Module):
         D, N = cfg.d_model, cfg.n_heads
         self.n_heads, self.rope_theta, self.eps = N, cfg.rope_theta, LATENT_NORM_EPS
         self.rank, self.nope, self.rope, self.v_dim = (
-            m.kv_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim)
+            m.kv_lora_rank,
+            m.qk_nope_head_dim,
+            m.qk_rope_head_dim,
+            m.v_head_dim,
+        )
         self.scale, self.decode, self.dtype = m.softmax_scale, m.decode, cfg.compute_dtype
         q_out = N * m.qk_head_dim
         if m.q_lora_rank:
@@ -144,12 +165,18 @@ class MLA(nnx.Module):
 
     def init_cache(self, batch: int, max_len: int) -> dict[str, Array]:
         """Zeroed latent cache for one layer: C + R numbers per slot, nothing else."""
-        return {"c_kv": jnp.zeros((batch, max_len, self.rank), self.dtype),
-                "k_rope": jnp.zeros((batch, max_len, self.rope), self.dtype)}
+        return {
+            "c_kv": jnp.zeros((batch, max_len, self.rank), self.dtype),
+            "k_rope": jnp.zeros((batch, max_len, self.rope), self.dtype),
+        }
 
     def up_projections(self) -> tuple[Float[Array, "C N Hn"], Float[Array, "C N Hv"]]:
         """W_UK and W_UV, read out of `wkv_b`'s kernel, per head."""
-        w = self.wkv_b.kernel[...].astype(self.dtype).reshape(self.rank, self.n_heads, self.nope + self.v_dim)
+        w = (
+            self.wkv_b.kernel[...]
+            .astype(self.dtype)
+            .reshape(self.rank, self.n_heads, self.nope + self.v_dim)
+        )
         return w[..., : self.nope], w[..., self.nope :]
 
     def queries(self, tokens: Float[Array, "BT D"], positions: Int[Array, "B T"]):
@@ -184,8 +211,9 @@ class MLA(nnx.Module):
         tokens = x.reshape(B * T, D)  # one row per token (see the note in layers.py)
         q_nope, q_rope = self.queries(tokens, positions)
         kv = self.wkv_a(tokens).reshape(B, T, self.rank + self.rope)
-        c_kv, k_rope = split_latent(kv, self.kv_norm.scale[...], positions, self.rank,
-                                    self.rope_theta, self.eps)
+        c_kv, k_rope = split_latent(
+            kv, self.kv_norm.scale[...], positions, self.rank, self.rope_theta, self.eps
+        )
         if cache is not None:
             cache = write_cache(cache, {"c_kv": c_kv, "k_rope": k_rope}, index)
             c_kv, k_rope = cache["c_kv"], cache["k_rope"]

@@ -32,7 +32,9 @@ from minids.layers import Embedding, RMSNorm, SwiGLU, dense
 from minids.mla import MLA
 from minids.moe import MoE
 
-MAX_BUILD_PARAMS = 20e9  # 80 GB of float32 weights: more than one accelerator holds with its optimizer
+MAX_BUILD_PARAMS = (
+    20e9  # 80 GB of float32 weights: more than one accelerator holds with its optimizer
+)
 
 
 @struct.dataclass
@@ -67,7 +69,9 @@ class Block(nnx.Module):
 
     def __call__(self, x, positions, *, key_mask=None, cache=None, index=0):
         """Returns (x, cache, stats): stats are the MoE layer's routing statistics, or None."""
-        h, cache = self.attn(self.attn_norm(x), positions, key_mask=key_mask, cache=cache, index=index)
+        h, cache = self.attn(
+            self.attn_norm(x), positions, key_mask=key_mask, cache=cache, index=index
+        )
         x = x + h
         stats = None
         if self.use_moe:
@@ -97,8 +101,12 @@ class Transformer(nnx.Module):
             [Block(cfg, use_moe=i >= n_dense, rngs=rngs) for i in range(cfg.n_layers)]
         )
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
-        self.lm_head = None if cfg.tie_embeddings else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs)
-        if cfg.fp8 is not None:  # every linear layer's GEMMs in FP8, the output head kept out (V3 §3.3.1)
+        self.lm_head = (
+            None if cfg.tie_embeddings else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs)
+        )
+        if (
+            cfg.fp8 is not None
+        ):  # every linear layer's GEMMs in FP8, the output head kept out (V3 §3.3.1)
             use_fp8_linears(self, cfg.fp8, keep=(self.lm_head,) if self.lm_head is not None else ())
 
     def _logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
@@ -175,8 +183,9 @@ class Transformer(nnx.Module):
         x = self.embed(tokens)
         new_layers = []
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
-            x, layer_cache, _ = block(x, positions, key_mask=key_mask, cache=layer_cache,
-                                      index=cache.index)
+            x, layer_cache, _ = block(
+                x, positions, key_mask=key_mask, cache=layer_cache, index=cache.index
+            )
             new_layers.append(layer_cache)
         cache = KVCache(layers=tuple(new_layers), key_mask=key_mask, index=cache.index + T)
         return self._logits(x), cache

@@ -102,8 +102,10 @@ def select_experts(
     """Each token's K experts, chosen on s + b within its best groups, and their gates from s alone."""
     T, E = scores.shape
     if E != cfg.n_routed_experts or bias.shape != (E,):
-        raise ValueError(f"scores (T, E) and bias (E,) need E = n_routed_experts = "
-                         f"{cfg.n_routed_experts}, got {scores.shape} and {bias.shape}")
+        raise ValueError(
+            f"scores (T, E) and bias (E,) need E = n_routed_experts = "
+            f"{cfg.n_routed_experts}, got {scores.shape} and {bias.shape}"
+        )
     biased = scores + bias[None, :]  # eq. 16: the bias only decides who is chosen
     if cfg.n_groups > 1:
         per_group = E // cfg.n_groups
@@ -127,8 +129,12 @@ def sigmoid_topk_router(
     logits: Float[Array, "T E"], bias: Float[Array, " E"], k: int, route_scale: float = 1.0
 ) -> tuple[Int[Array, "T K"], Float[Array, "T K"]]:
     """V3's router without groups (exercise 01): top-k of sigmoid(logits) + bias, gates s / sum s."""
-    cfg = MoEConfig(n_routed_experts=logits.shape[-1], experts_per_token=k, gate="sigmoid",
-                    route_scale=route_scale)
+    cfg = MoEConfig(
+        n_routed_experts=logits.shape[-1],
+        experts_per_token=k,
+        gate="sigmoid",
+        route_scale=route_scale,
+    )
     return select_experts(router_scores(logits, "sigmoid"), bias, cfg)
 
 
@@ -186,8 +192,13 @@ def queue_places(expert: Int[Array, " P"], n_experts: int) -> Int[Array, " P"]:
 
 def check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down) -> None:
     (T, D), (E, _, F) = x.shape, w_gate.shape
-    if indices.shape != gates.shape or indices.shape[0] != T or w_up.shape != (E, D, F) \
-            or w_gate.shape != (E, D, F) or w_down.shape != (E, F, D):
+    if (
+        indices.shape != gates.shape
+        or indices.shape[0] != T
+        or w_up.shape != (E, D, F)
+        or w_gate.shape != (E, D, F)
+        or w_down.shape != (E, F, D)
+    ):
         raise ValueError(
             "dispatch needs x (T, D), indices and gates (T, K), w_gate and w_up (E, D, F), w_down "
             f"(E, F, D); got {x.shape}, {indices.shape}, {gates.shape}, {w_gate.shape}, "
@@ -196,9 +207,14 @@ def check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down) -> None:
 
 
 def dispatch_reference(
-    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
-    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
-    capacity: int | None = None, fp8: FP8Config | None = None,
+    x: Float[Array, "T D"],
+    indices: Int[Array, "T K"],
+    gates: Float[Array, "T K"],
+    w_gate: Float[Array, "E D F"],
+    w_up: Float[Array, "E D F"],
+    w_down: Float[Array, "E F D"],
+    capacity: int | None = None,
+    fp8: FP8Config | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
     """Every expert on every token, then a gate-weighted sum of the chosen: (y, kept assignments)."""
     check_dispatch_shapes(x, indices, gates, w_gate, w_up, w_down)
@@ -211,7 +227,9 @@ def dispatch_reference(
     out = fp8_out(jnp.einsum("ETF,EFD->ETD", hidden, w_down))  # expert e's output for every token
     choice = jax.nn.one_hot(indices, E, dtype=jnp.int32)  # (T, K, E)
     kept = jnp.ones((T, K), dtype=bool)
-    if capacity is not None:  # queue position: earlier (token, slot) pairs that chose the same expert
+    if (
+        capacity is not None
+    ):  # queue position: earlier (token, slot) pairs that chose the same expert
         position = queue_places(indices.reshape(T * K), E).reshape(T, K)
         kept = position < capacity
     combine = jnp.einsum("TKE,TK->TE", choice.astype(jnp.float32), jnp.where(kept, gates, 0.0))
@@ -233,29 +251,39 @@ class MoE(nnx.Module):
         E, D, F = moe.n_routed_experts, cfg.d_model, moe.expert_ffn_dim
         self.fp8 = cfg.fp8  # routed experts in simulated FP8; the router stays float32
 
-        def init(shape, scale=1.0, dtype=cfg.weight_dtype):  # like layers.dense: N(0, scale / fan_in)
-            fn = nnx.initializers.variance_scaling(scale, "fan_in", "normal", in_axis=-2,
-                                                   out_axis=-1, batch_axis=(0,))
+        def init(
+            shape, scale=1.0, dtype=cfg.weight_dtype
+        ):  # like layers.dense: N(0, scale / fan_in)
+            fn = nnx.initializers.variance_scaling(
+                scale, "fan_in", "normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
+            )
             return nnx.Param(fn(rngs.params(), shape, dtype))
 
         # Rows of the router weight are the expert centroids e_i of eq. 15. Gating stays in float32
         # whatever the compute dtype, as V3 keeps it (§3.3).
-        self.expert_centroids = nnx.Param(nnx.initializers.variance_scaling(
-            1.0, "fan_in", "normal", in_axis=-1, out_axis=-2)(rngs.params(), (E, D), jnp.float32))
+        self.expert_centroids = nnx.Param(
+            nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=-1, out_axis=-2)(
+                rngs.params(), (E, D), jnp.float32
+            )
+        )
         self.aux_free_bias = AuxFreeBias(jnp.zeros((E,), jnp.float32))
         self.routed_gate = init((E, D, F))
         self.routed_up = init((E, D, F))
         self.routed_down = init((E, F, D), scale=1.0 / (2 * cfg.n_layers))
         # N_s shared experts summed = one SwiGLU N_s times as wide (their hidden units concatenated).
         self.shared_experts = (
-            SwiGLU(cfg, ffn_dim=moe.n_shared_experts * F, rngs=rngs) if moe.n_shared_experts else None
+            SwiGLU(cfg, ffn_dim=moe.n_shared_experts * F, rngs=rngs)
+            if moe.n_shared_experts
+            else None
         )
 
     def __call__(self, x: Float[Array, "B T D"]) -> tuple[Float[Array, "B T D"], dict[str, Array]]:
         moe, E = self.moe_cfg, self.moe_cfg.n_routed_experts
         if x.ndim != 3 or x.shape[-1] != self.expert_centroids.shape[1]:
-            raise ValueError(f"x must be (B, T, D) with D = {self.expert_centroids.shape[1]}, "
-                             f"got shape {x.shape}")
+            raise ValueError(
+                f"x must be (B, T, D) with D = {self.expert_centroids.shape[1]}, "
+                f"got shape {x.shape}"
+            )
         B, T, D = x.shape
         tokens = x.reshape(B * T, D)  # one row per token
         logits = jnp.einsum("TD,ED->TE", tokens.astype(jnp.float32), self.expert_centroids[...])
@@ -268,9 +296,14 @@ class MoE(nnx.Module):
         dispatch = kernel_moe.dispatch if moe.dispatch == "fast" else dispatch_reference
         cdt = self.compute_dtype
         routed, kept = dispatch(
-            tokens.astype(cdt), indices, gates, self.routed_gate[...].astype(cdt),
-            self.routed_up[...].astype(cdt), self.routed_down[...].astype(cdt),
-            capacity=expert_capacity(B * T, moe), fp8=self.fp8,
+            tokens.astype(cdt),
+            indices,
+            gates,
+            self.routed_gate[...].astype(cdt),
+            self.routed_up[...].astype(cdt),
+            self.routed_down[...].astype(cdt),
+            capacity=expert_capacity(B * T, moe),
+            fp8=self.fp8,
         )
         y = routed.reshape(B, T, D)
         if self.shared_experts is not None:
@@ -279,14 +312,16 @@ class MoE(nnx.Module):
             aux_loss = expert_aux_loss(scores, indices, moe.aux_loss_alpha)
         elif moe.balancing.endswith("seq_aux_loss"):
             K = moe.experts_per_token
-            aux_loss = sequence_aux_loss(scores.reshape(B, T, E), indices.reshape(B, T, K),
-                                         moe.aux_loss_alpha)
+            aux_loss = sequence_aux_loss(
+                scores.reshape(B, T, E), indices.reshape(B, T, K), moe.aux_loss_alpha
+            )
         else:
             aux_loss = jnp.zeros((), jnp.float32)
         load = expert_load(indices, E)
         stats = {
             "load": load,  # (E,), fraction of the routed assignments, before any dropping
-            "max_vio": jnp.max(load) * E - 1.0,  # max load / mean load - 1: MaxVio (Wang et al. 2024)
+            "max_vio": jnp.max(load) * E
+            - 1.0,  # max load / mean load - 1: MaxVio (Wang et al. 2024)
             "dropped_frac": 1.0 - jnp.mean(kept.astype(jnp.float32)),
             "aux_loss": aux_loss,  # already multiplied by alpha; 0 without a loss term
         }

@@ -29,8 +29,15 @@ def plot_loss(history, ax=None, label: str = "train", title: str | None = "Train
     line = ax.plot(history.step, history.loss, alpha=0.25)[0]
     ax.plot(history.step, smooth(history.loss), color=line.get_color(), label=f"{label} (smoothed)")
     if history.val_step:
-        ax.plot(history.val_step, history.val_loss, "o-", color=line.get_color(), alpha=0.8,
-                markersize=4, label=f"{label} validation")
+        ax.plot(
+            history.val_step,
+            history.val_loss,
+            "o-",
+            color=line.get_color(),
+            alpha=0.8,
+            markersize=4,
+            label=f"{label} validation",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (answer tokens)")
     ax.set_yscale("log")
@@ -73,8 +80,9 @@ def plot_task_accuracy(accuracy: dict[str, float], ax=None, title: str = "Held-o
     return fig
 
 
-def plot_error_histograms(errors: dict[str, np.ndarray], ax=None, bins: int = 60,
-                          title: str = "Quantisation error"):
+def plot_error_histograms(
+    errors: dict[str, np.ndarray], ax=None, bins: int = 60, title: str = "Quantisation error"
+):
     """Overlaid histograms of log10 |relative error|, one per label (exact zeros are left out).
     Returns the figure."""
     import matplotlib.pyplot as plt
@@ -83,11 +91,16 @@ def plot_error_histograms(errors: dict[str, np.ndarray], ax=None, bins: int = 60
         fig, ax = plt.subplots(figsize=(7, 4))
     else:
         fig = ax.figure
-    logs = {k: np.log10(np.abs(np.asarray(v, np.float64))[np.asarray(v) != 0]) for k, v in errors.items()}
+    logs = {
+        k: np.log10(np.abs(np.asarray(v, np.float64))[np.asarray(v) != 0])
+        for k, v in errors.items()
+    }
     finite = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
     edges = np.linspace(finite.min(), finite.max(), bins + 1) if finite.size else bins
     for label, values in logs.items():
-        ax.hist(values[np.isfinite(values)], bins=edges, histtype="step", linewidth=1.5, label=label)
+        ax.hist(
+            values[np.isfinite(values)], bins=edges, histtype="step", linewidth=1.5, label=label
+        )
     ax.set_xlabel("log10 |relative error| per value")
     ax.set_ylabel("values")
     ax.set_title(title)

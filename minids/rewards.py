@@ -39,7 +39,10 @@ from minids.data import TASKS
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
-TEMPLATES = ("r1", "plain")  # r1: the answer is inside <answer> tags; plain: the whole completion is
+TEMPLATES = (
+    "r1",
+    "plain",
+)  # r1: the answer is inside <answer> tags; plain: the whole completion is
 
 # The whole completion: a reasoning block, then an answer block, nothing else but whitespace.
 _FORMAT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
@@ -155,7 +158,10 @@ def dropped_carry_sum(prompt: str) -> str:
 
 
 def r1_sft_examples(
-    rows: Sequence[Mapping[str, str]], *, carry_slip: float = 0.6, no_template: float = 0.2,
+    rows: Sequence[Mapping[str, str]],
+    *,
+    carry_slip: float = 0.6,
+    no_template: float = 0.2,
     seed: int = 0,
 ) -> list[dict[str, str]]:
     """Two-digit addition rows rewritten as R1-Zero completions for supervised training, with the
@@ -168,11 +174,18 @@ def r1_sft_examples(
     out = []
     for row in rows:
         if row.get("task") != "add":
-            raise ValueError(f"r1_sft_examples needs rows of the 'add' task, got task {row.get('task')!r}")
+            raise ValueError(
+                f"r1_sft_examples needs rows of the 'add' task, got task {row.get('task')!r}"
+            )
         prompt = row["prompt"]
         slip = rng.random() < carry_slip
         answer = dropped_carry_sum(prompt) if slip else TASKS["add"].solve(prompt)
         bare = rng.random() < no_template
-        out.append({"task": "add", "prompt": prompt,
-                    "answer": answer if bare else r1_completion(add_reasoning(prompt), answer)})
+        out.append(
+            {
+                "task": "add",
+                "prompt": prompt,
+                "answer": answer if bare else r1_completion(add_reasoning(prompt), answer),
+            }
+        )
     return out

@@ -50,14 +50,22 @@ class TrainConfig:
     batch_size: int = field(default=64, metadata={"help": "examples per step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=100, metadata={"help": "steps of linear warmup from 0 to lr"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "the cosine decays to lr * min_lr_ratio"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only, not norms)"})
+    min_lr_ratio: float = field(
+        default=0.1, metadata={"help": "the cosine decays to lr * min_lr_ratio"}
+    )
+    weight_decay: float = field(
+        default=0.1, metadata={"help": "AdamW weight decay (matrices only, not norms)"}
+    )
     b1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     b2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradients' global norm"})
-    eval_every: int = field(default=250, metadata={"help": "validate every N steps (0: only at the end)"})
+    eval_every: int = field(
+        default=250, metadata={"help": "validate every N steps (0: only at the end)"}
+    )
     eval_examples: int = field(default=512, metadata={"help": "validation examples per evaluation"})
-    ckpt_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    ckpt_every: int = field(
+        default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the batch order"})
 
     def __post_init__(self) -> None:
@@ -100,16 +108,24 @@ class History:
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
     """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step."""
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
-        decay_steps=max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.lr * cfg.min_lr_ratio,
+        init_value=0.0,
+        peak_value=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        decay_steps=max(cfg.steps, cfg.warmup_steps + 1),
+        end_value=cfg.lr * cfg.min_lr_ratio,
     )
 
 
 def make_optimizer(model: nnx.Module, cfg: TrainConfig) -> nnx.Optimizer:
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
-                    mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)),  # no decay on norms
+        optax.adamw(
+            lr_schedule(cfg),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            weight_decay=cfg.weight_decay,
+            mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+        ),  # no decay on norms
     )
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -142,8 +158,12 @@ def train_step(model: Transformer, optimizer: nnx.Optimizer, batch: dict[str, ja
     update_moe_biases(model, aux)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     if "load" in aux:
-        metrics.update(ce=aux["ce"], aux_loss=aux["aux_loss"], max_vio=jnp.mean(aux["max_vio"]),
-                       dropped_frac=jnp.mean(aux["dropped_frac"]))
+        metrics.update(
+            ce=aux["ce"],
+            aux_loss=aux["aux_loss"],
+            max_vio=jnp.mean(aux["max_vio"]),
+            dropped_frac=jnp.mean(aux["dropped_frac"]),
+        )
     return metrics
 
 
@@ -157,14 +177,20 @@ def eval_step(model: Transformer, batch: dict[str, jax.Array]):
     return jnp.sum(ce * mask), jnp.sum(correct), jnp.sum(mask)
 
 
-def evaluate(model: Transformer, arrays: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, float]:
+def evaluate(
+    model: Transformer, arrays: dict[str, np.ndarray], batch_size: int = 256
+) -> dict[str, float]:
     """Token-level loss and accuracy (teacher forced) over encoded examples."""
     total_loss = total_correct = total = 0.0
     n = len(arrays["inputs"])
     for start in range(0, n, batch_size):
         batch = {k: jnp.asarray(v[start : start + batch_size]) for k, v in arrays.items()}
         loss, correct, count = eval_step(model, batch)
-        total_loss, total_correct, total = total_loss + float(loss), total_correct + float(correct), total + float(count)
+        total_loss, total_correct, total = (
+            total_loss + float(loss),
+            total_correct + float(correct),
+            total + float(count),
+        )
     return {"loss": total_loss / max(total, 1), "token_acc": total_correct / max(total, 1)}
 
 
@@ -172,8 +198,13 @@ def evaluate(model: Transformer, arrays: dict[str, np.ndarray], batch_size: int 
 
 
 def save_checkpoint(
-    path: Path | str, model: Transformer, optimizer: nnx.Optimizer | None = None, *,
-    step: int = 0, history: History | None = None, train_cfg: TrainConfig | None = None,
+    path: Path | str,
+    model: Transformer,
+    optimizer: nnx.Optimizer | None = None,
+    *,
+    step: int = 0,
+    history: History | None = None,
+    train_cfg: TrainConfig | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (temporary folder, then rename). Returns its path."""
     import orbax.checkpoint as ocp
@@ -182,7 +213,9 @@ def save_checkpoint(
     is_checkpoint = (path / "config.json").exists() and (path / "meta.json").exists()
     if path.exists() and not (path.is_dir() and (is_checkpoint or not any(path.iterdir()))):
         # Saving replaces the folder: never let that delete something that is not a checkpoint.
-        raise ValueError(f"{str(path)!r} exists and is not a minids checkpoint; refusing to replace it")
+        raise ValueError(
+            f"{str(path)!r} exists and is not a minids checkpoint; refusing to replace it"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -228,7 +261,9 @@ def restore_into(
     meta = read_meta(path)
     saved_cfg = ModelConfig.from_dict(json.loads((path / "config.json").read_text()))
     if saved_cfg != model.cfg:
-        raise ValueError(f"checkpoint {str(path)!r} was saved from a different ModelConfig: {saved_cfg}")
+        raise ValueError(
+            f"checkpoint {str(path)!r} was saved from a different ModelConfig: {saved_cfg}"
+        )
     if optimizer is not None and not meta["has_optimizer"]:
         raise ValueError(f"checkpoint {str(path)!r} holds no optimizer state to resume from")
     target = {"model": nnx.state(model)}
@@ -284,7 +319,11 @@ def fit(
         )
     train = encode_examples(train_examples, tokenizer, seq_len)
     use_val = bool(val_examples) and cfg.eval_examples > 0  # eval_examples=0: no evaluation at all
-    val = encode_examples(list(val_examples)[: cfg.eval_examples], tokenizer, seq_len) if use_val else None
+    val = (
+        encode_examples(list(val_examples)[: cfg.eval_examples], tokenizer, seq_len)
+        if use_val
+        else None
+    )
     optimizer = make_optimizer(model, cfg)
     history, start = History(), 0
     if resume:

@@ -49,6 +49,12 @@ def data_dir_is_read_only():
 def cfg() -> ModelConfig:
     """A 2-layer GQA model small enough to compile in about a second: N=4 query, M=2 kv heads."""
     return preset(
-        "tiny", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
+        "tiny",
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        ffn_dim=64,
         max_seq_len=24,
     )

@@ -36,7 +36,9 @@ PLACEHOLDERS = {"name", "context", "model", "granularity"}  # stand for the keys
 def documented_keys(script: Path) -> set[str]:
     """The key names in the first column of the docstring's "JSON keys" section."""
     doc = ast.get_docstring(ast.parse(script.read_text()))
-    assert doc and "JSON keys (`--json`):" in doc, f"{script.name}: no JSON keys section in its docstring"
+    assert doc and "JSON keys (`--json`):" in doc, (
+        f"{script.name}: no JSON keys section in its docstring"
+    )
     keys = set()
     for line in doc.split("JSON keys (`--json`):", 1)[1].splitlines()[1:]:
         if line and not line.startswith(" "):
@@ -62,14 +64,18 @@ def all_keys_and_numbers(obj, keys: set[str], numbers: list[float]) -> None:
 
 def test_every_benchmark_script_is_tested():
     scripts = {path.name for path in BENCHMARKS.glob("bench_*.py")}
-    assert scripts == set(SCRIPTS), f"add to SCRIPTS: {sorted(scripts - set(SCRIPTS))}; gone: {sorted(set(SCRIPTS) - scripts)}"
+    assert scripts == set(SCRIPTS), (
+        f"add to SCRIPTS: {sorted(scripts - set(SCRIPTS))}; gone: {sorted(set(SCRIPTS) - scripts)}"
+    )
 
 
 def test_documented_keys_parse_the_docstrings():
     keys = documented_keys(BENCHMARKS / "bench_mla.py")
     assert {"contexts", "mla_absorbed", "naive_over_absorbed", "cache_bytes_per_token"} <= keys
     assert not keys & {"ms", "where", "ran"}, "description words must not be read as keys"
-    train = documented_keys(BENCHMARKS / "bench_train.py")  # a description that runs onto a second line
+    train = documented_keys(
+        BENCHMARKS / "bench_train.py"
+    )  # a description that runs onto a second line
     assert "matmul_fraction_paired" in train and not train & {"before", "median", "busy"}
 
 
@@ -79,14 +85,23 @@ def test_benchmark_json_has_the_documented_keys(script):
     if script == "bench_torch.py" and importlib.util.find_spec("torch") is None:
         pytest.skip("bench_torch.py needs torch: install the parity extra")
     path = BENCHMARKS / script
-    run = subprocess.run([sys.executable, str(path), *SCRIPTS[script], "--quick", "--json"],
-                         capture_output=True, text=True, timeout=600, cwd=BENCHMARKS.parent)
+    run = subprocess.run(
+        [sys.executable, str(path), *SCRIPTS[script], "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCHMARKS.parent,
+    )
     assert run.returncode == 0, f"{script} failed:\n{run.stderr[-3000:]}"
     report = json.loads(run.stdout)  # the whole of stdout must be the one object
     assert isinstance(report, dict)
     documented = documented_keys(path)
     keys, numbers = set(), []
     all_keys_and_numbers(report, keys, numbers)
-    assert documented <= keys, f"{script}: documented but missing from --json: {sorted(documented - keys)}"
-    assert set(report) <= documented, f"{script}: top-level keys not documented: {sorted(set(report) - documented)}"
+    assert documented <= keys, (
+        f"{script}: documented but missing from --json: {sorted(documented - keys)}"
+    )
+    assert set(report) <= documented, (
+        f"{script}: top-level keys not documented: {sorted(set(report) - documented)}"
+    )
     assert numbers and all(math.isfinite(x) for x in numbers), f"{script}: a figure is not finite"

@@ -20,8 +20,22 @@ def test_help_for_each_command(capsys):
 
 def test_train_then_generate(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--preset", "tiny", "--steps", "6", "--batch-size", "8", "--eval-every", "3",
-               "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert (out / "checkpoint" / "config.json").exists()
     assert (out / "loss.png").stat().st_size > 1000
@@ -31,8 +45,19 @@ def test_train_then_generate(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "held-out exact-match accuracy" in printed and "add:" in printed
 
-    rc = main(["generate", "--ckpt", str(out / "checkpoint"), "--prompt", "12+35=", "--prompt", "rev abc=",
-               "--max-new-tokens", "4"])
+    rc = main(
+        [
+            "generate",
+            "--ckpt",
+            str(out / "checkpoint"),
+            "--prompt",
+            "12+35=",
+            "--prompt",
+            "rev abc=",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("12+35=") and lines[1].startswith("rev abc=")
@@ -40,9 +65,23 @@ def test_train_then_generate(tmp_path, capsys):
 
 def test_train_on_a_users_own_jsonl(tmp_path, capsys):
     data = tmp_path / "mine.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{i}?", "answer": str(i % 3)}) + "\n" for i in range(40)))
-    rc = main(["train", "--dataset", str(data), "--steps", "3", "--batch-size", "4", "--out",
-               str(tmp_path / "run"), "--no-progress"])
+    data.write_text(
+        "".join(json.dumps({"prompt": f"{i}?", "answer": str(i % 3)}) + "\n" for i in range(40))
+    )
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            str(data),
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "custom" in json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"]
 

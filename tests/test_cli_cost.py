@@ -22,10 +22,13 @@ def test_cost_options_change_the_result(capsys):
     assert "at 20% MFU of 1979 TFLOP/s" in other and "1.0T tokens" in other and other != at_40
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--mfu", "1.5"], "mfu must be in (0, 1]"),
-    (["--peak", "fast"], "--peak must be bf16 or fp8 or a number of TFLOP/s"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mfu", "1.5"], "mfu must be in (0, 1]"),
+        (["--peak", "fast"], "--peak must be bf16 or fp8 or a number of TFLOP/s"),
+    ],
+)
 def test_bad_options_exit_2_with_a_message(capsys, args, message):
     assert main(["cost", *args]) == 2
     assert message in capsys.readouterr().err

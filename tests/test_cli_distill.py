@@ -16,15 +16,36 @@ from minids.train import save_checkpoint
 def teacher_ckpt(tmp_path_factory):
     """An untrained tiny teacher: enough to exercise the command (it answers nothing correctly)."""
     path = tmp_path_factory.mktemp("teacher") / "checkpoint"
-    save_checkpoint(path, Transformer(preset("tiny", n_layers=1, d_model=32, head_dim=8, ffn_dim=64)))
+    save_checkpoint(
+        path, Transformer(preset("tiny", n_layers=1, d_model=32, head_dim=8, ffn_dim=64))
+    )
     return path
 
 
 def test_logit_distillation_from_the_command_line(teacher_ckpt, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["distill", "--teacher", str(teacher_ckpt), "--mode", "logit", "--task", "add", "--steps", "3",
-               "--student-layers", "1", "--student-d-model", "32", "--eval-prompts", "8", "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "distill",
+            "--teacher",
+            str(teacher_ckpt),
+            "--mode",
+            "logit",
+            "--task",
+            "add",
+            "--steps",
+            "3",
+            "--student-layers",
+            "1",
+            "--student-d-model",
+            "32",
+            "--eval-prompts",
+            "8",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mode"] == "logit" and len(metrics["history"]["loss"]) == 3
@@ -33,9 +54,27 @@ def test_logit_distillation_from_the_command_line(teacher_ckpt, tmp_path, capsys
     assert "held-out greedy accuracy on 8 test prompts" in capsys.readouterr().out
 
 
-def test_sequence_distillation_says_so_when_the_teacher_gets_nothing_right(teacher_ckpt, tmp_path, capsys):
-    rc = main(["distill", "--teacher", str(teacher_ckpt), "--task", "add", "--prompts", "8",
-               "--samples-per-prompt", "2", "--steps", "2", "--out", str(tmp_path / "run"), "--no-progress"])
+def test_sequence_distillation_says_so_when_the_teacher_gets_nothing_right(
+    teacher_ckpt, tmp_path, capsys
+):
+    rc = main(
+        [
+            "distill",
+            "--teacher",
+            str(teacher_ckpt),
+            "--task",
+            "add",
+            "--prompts",
+            "8",
+            "--samples-per-prompt",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     assert "no sample the checker accepts" in capsys.readouterr().err
 

@@ -21,9 +21,31 @@ def test_grpo_help_lists_the_knobs(capsys):
 
 def test_grpo_trains_a_base_then_improves_it_from_the_command_line(tmp_path, capsys):
     base, out = tmp_path / "base", tmp_path / "run"
-    rc = main(["grpo", "--ckpt", str(base), "--train-base", "--base-steps", "3", "--steps", "2",
-               "--prompts-per-step", "2", "--group-size", "2", "--eval-prompts", "4", "--eval-k", "2",
-               "--max-new-tokens", "8", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "grpo",
+            "--ckpt",
+            str(base),
+            "--train-base",
+            "--base-steps",
+            "3",
+            "--steps",
+            "2",
+            "--prompts-per-step",
+            "2",
+            "--group-size",
+            "2",
+            "--eval-prompts",
+            "4",
+            "--eval-k",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert (base / "config.json").exists() and (out / "checkpoint" / "config.json").exists()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -33,10 +55,32 @@ def test_grpo_trains_a_base_then_improves_it_from_the_command_line(tmp_path, cap
     assert "held-out 'add'" in printed and "accuracy:" in printed
 
     # The checkpoint GRPO wrote is a base like any other.
-    rc = main(["grpo", "--ckpt", str(out / "checkpoint"), "--steps", "1", "--prompts-per-step", "2",
-               "--group-size", "2", "--eval-prompts", "2", "--eval-k", "0", "--max-new-tokens", "8",
-               "--out", str(tmp_path / "again"), "--no-progress", "--loss-type", "dr_grpo",
-               "--scale-rewards", "none"])
+    rc = main(
+        [
+            "grpo",
+            "--ckpt",
+            str(out / "checkpoint"),
+            "--steps",
+            "1",
+            "--prompts-per-step",
+            "2",
+            "--group-size",
+            "2",
+            "--eval-prompts",
+            "2",
+            "--eval-k",
+            "0",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(tmp_path / "again"),
+            "--no-progress",
+            "--loss-type",
+            "dr_grpo",
+            "--scale-rewards",
+            "none",
+        ]
+    )
     assert rc == 0
 
 

@@ -15,26 +15,42 @@ from minids.config import DTYPES, PRESETS, ModelConfig, preset
 from minids.train import TRAIN_PRESETS, TrainConfig
 
 POSITIVE_INT_FIELDS = (
-    "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "max_seq_len",
+    "vocab_size",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "head_dim",
+    "ffn_dim",
+    "max_seq_len",
 )
 POSITIVE_FLOAT_FIELDS = ("rope_theta", "norm_eps")
 DTYPE_FIELDS = ("dtype", "param_dtype")
 
 # Values of the wrong type: what a typo, a YAML file or a careless `float(...)` produces.
 not_a_number = st.one_of(
-    st.none(), st.text(max_size=4), st.lists(st.integers(), max_size=2), st.complex_numbers(),
+    st.none(),
+    st.text(max_size=4),
+    st.lists(st.integers(), max_size=2),
+    st.complex_numbers(),
     st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
 )
 not_an_int = st.one_of(not_a_number, st.booleans(), st.floats())
 bad_positive_int = st.one_of(st.integers(max_value=0), not_an_int)
 bad_non_negative_int = st.one_of(st.integers(max_value=-1), not_an_int)
 bad_positive_float = st.one_of(
-    st.floats(max_value=0.0), st.integers(max_value=0), st.sampled_from([math.nan, math.inf]),
-    st.booleans(), not_a_number,
+    st.floats(max_value=0.0),
+    st.integers(max_value=0),
+    st.sampled_from([math.nan, math.inf]),
+    st.booleans(),
+    not_a_number,
 )
 bad_dtype = st.one_of(
-    st.text(max_size=10).filter(lambda s: s not in DTYPES), st.sampled_from(["fp32", "float64", "int8"]),
-    st.none(), st.integers(), st.lists(st.text(max_size=3), max_size=2),
+    st.text(max_size=10).filter(lambda s: s not in DTYPES),
+    st.sampled_from(["fp32", "float64", "int8"]),
+    st.none(),
+    st.integers(),
+    st.lists(st.text(max_size=3), max_size=2),
 )
 bad_bool = st.one_of(st.integers(), st.text(max_size=3), st.none(), st.floats())
 
@@ -113,13 +129,21 @@ def test_head_dim_must_be_even_for_rope(head_dim):
 
 
 @given(
-    st.fixed_dictionaries({
-        "vocab_size": st.integers(1, 512), "d_model": st.integers(1, 512),
-        "n_layers": st.integers(1, 8), "n_kv_heads": st.integers(1, 4), "group": st.integers(1, 4),
-        "half_head_dim": st.integers(1, 64), "rope_theta": st.floats(1e-3, 1e7),
-        "norm_eps": st.floats(1e-12, 1.0), "dtype": st.sampled_from(sorted(DTYPES)),
-        "tie_embeddings": st.booleans(), "seed": st.integers(0, 2**31),
-    })
+    st.fixed_dictionaries(
+        {
+            "vocab_size": st.integers(1, 512),
+            "d_model": st.integers(1, 512),
+            "n_layers": st.integers(1, 8),
+            "n_kv_heads": st.integers(1, 4),
+            "group": st.integers(1, 4),
+            "half_head_dim": st.integers(1, 64),
+            "rope_theta": st.floats(1e-3, 1e7),
+            "norm_eps": st.floats(1e-12, 1.0),
+            "dtype": st.sampled_from(sorted(DTYPES)),
+            "tie_embeddings": st.booleans(),
+            "seed": st.integers(0, 2**31),
+        }
+    )
 )
 def test_valid_configs_construct_and_survive_a_json_round_trip(d):
     group, half = d.pop("group"), d.pop("half_head_dim")
@@ -142,16 +166,31 @@ def test_ints_given_as_floats_are_rejected():
 # ------------------------------------------------------------------------------------ TrainConfig
 
 TRAIN_POSITIVE_INT_FIELDS = ("steps", "batch_size")
-TRAIN_NON_NEGATIVE_INT_FIELDS = ("warmup_steps", "eval_every", "ckpt_every", "seed", "eval_examples")
-not_a_real_number = st.one_of(not_a_number, st.booleans(), st.sampled_from([math.nan, math.inf, -math.inf]))
+TRAIN_NON_NEGATIVE_INT_FIELDS = (
+    "warmup_steps",
+    "eval_every",
+    "ckpt_every",
+    "seed",
+    "eval_examples",
+)
+not_a_real_number = st.one_of(
+    not_a_number, st.booleans(), st.sampled_from([math.nan, math.inf, -math.inf])
+)
 bad_train_field = st.one_of(
     st.tuples(st.sampled_from(TRAIN_POSITIVE_INT_FIELDS), bad_positive_int),
     st.tuples(st.sampled_from(TRAIN_NON_NEGATIVE_INT_FIELDS), bad_non_negative_int),
-    st.tuples(st.just("lr"), st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), not_a_real_number)),
-    st.tuples(st.just("min_lr_ratio"), st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0001),
-                                                 not_a_real_number)),
-    st.tuples(st.sampled_from(["weight_decay", "b1", "b2"]),
-              st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), not_a_real_number)),
+    st.tuples(
+        st.just("lr"),
+        st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), not_a_real_number),
+    ),
+    st.tuples(
+        st.just("min_lr_ratio"),
+        st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0001), not_a_real_number),
+    ),
+    st.tuples(
+        st.sampled_from(["weight_decay", "b1", "b2"]),
+        st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), not_a_real_number),
+    ),
     st.tuples(st.just("grad_clip"), st.one_of(st.floats(max_value=0.0), not_a_real_number)),
 )
 

@@ -26,24 +26,37 @@ from minids.mla import MLAConfig
 from minids.model import Transformer, count_params
 from minids.moe import MoEConfig
 
-LLAMA_405B = ModelConfig(vocab_size=128_256, d_model=16384, n_layers=126, n_heads=128, n_kv_heads=8,
-                         head_dim=128, ffn_dim=53248, max_seq_len=4096, dtype="bfloat16")
+LLAMA_405B = ModelConfig(
+    vocab_size=128_256,
+    d_model=16384,
+    n_layers=126,
+    n_heads=128,
+    n_kv_heads=8,
+    head_dim=128,
+    ffn_dim=53248,
+    max_seq_len=4096,
+    dtype="bfloat16",
+)
 
 
 def _small_configs(cfg):
     moe = MoEConfig(n_routed_experts=4, experts_per_token=2, expert_ffn_dim=16, n_dense_layers=1)
     mla = MLAConfig(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8)
     return {
-        "dense": cfg, "tied": cfg.replace(tie_embeddings=True), "mqa": cfg.replace(n_kv_heads=1),
-        "moe": cfg.replace(moe=moe), "mla": cfg.replace(mla=mla),
+        "dense": cfg,
+        "tied": cfg.replace(tie_embeddings=True),
+        "mqa": cfg.replace(n_kv_heads=1),
+        "moe": cfg.replace(moe=moe),
+        "mla": cfg.replace(mla=mla),
         "mla-q-lora": cfg.replace(mla=mla.replace(q_lora_rank=12)),
         "mla+moe+tied": cfg.replace(mla=mla, moe=moe, tie_embeddings=True),
         "tiny_v3": preset("tiny_v3"),
     }
 
 
-@pytest.mark.parametrize("name", ["dense", "tied", "mqa", "moe", "mla", "mla-q-lora", "mla+moe+tied",
-                                  "tiny_v3"])
+@pytest.mark.parametrize(
+    "name", ["dense", "tied", "mqa", "moe", "mla", "mla-q-lora", "mla+moe+tied", "tiny_v3"]
+)
 def test_counts_from_the_config_equal_the_built_models(cfg, name):
     c = _small_configs(cfg)[name]
     model = Transformer(c)
@@ -63,12 +76,16 @@ def test_deepseek_v3_has_671b_parameters_and_37b_activated():
     whole_table = counts.activated + counts.embedding - 7168
     assert whole_table == pytest.approx(37.55e9, rel=1e-3)
     assert whole_table == pytest.approx(36.7e9, rel=0.03) and whole_table > 36.7e9
-    assert counts.embedding == counts.head == 129_280 * 7168  # "0.9B embedding and 0.9B output head"
+    assert (
+        counts.embedding == counts.head == 129_280 * 7168
+    )  # "0.9B embedding and 0.9B output head"
 
 
 def test_deepseek_v2_and_v2_lite():
     v2, lite = param_counts(preset("deepseek_v2")), param_counts(preset("deepseek_v2_lite"))
-    assert v2.total == pytest.approx(236e9, rel=0.01) and v2.activated == pytest.approx(21e9, rel=0.01)
+    assert v2.total == pytest.approx(236e9, rel=0.01) and v2.activated == pytest.approx(
+        21e9, rel=0.01
+    )
     assert lite.total == pytest.approx(15.7e9, rel=0.01)
     # V2-Lite: 2.45B from the published architecture against the paper's "2.4B" (+2%); with the
     # whole embedding table counted as activated it would be 2.66B.
@@ -83,8 +100,12 @@ def test_kv_cache_bytes_of_the_presets():
 
 def test_training_flops_per_token_near_the_isca_table():
     # ISCA 2025 Table 2: V3 250 GFLOPs, V2 155, LLaMA-3.1 405B 2448 (sequence length 4096 here).
-    assert training_flops_per_token(preset("deepseek_v3")) == pytest.approx(250e9, rel=0.02)  # 250.5
-    assert training_flops_per_token(preset("deepseek_v2")) == pytest.approx(155e9, rel=0.02)  # 155.3
+    assert training_flops_per_token(preset("deepseek_v3")) == pytest.approx(
+        250e9, rel=0.02
+    )  # 250.5
+    assert training_flops_per_token(preset("deepseek_v2")) == pytest.approx(
+        155e9, rel=0.02
+    )  # 155.3
     # 2473 vs 2448 (+1%): 6 x 405.8B weights is 2435 already; our causal attention at 4096 adds 38.
     assert training_flops_per_token(LLAMA_405B) == pytest.approx(2448e9, rel=0.02)
 
@@ -128,4 +149,6 @@ def test_the_real_presets_are_never_built():
 
 def test_format_report_shows_the_headline_numbers():
     text = format_report("deepseek_v3", cost_report(preset("deepseek_v3")))
-    assert "671.03 B" in text and "36.63 B" in text and "70.272 KB" in text and "250.5 GFLOPs" in text
+    assert (
+        "671.03 B" in text and "36.63 B" in text and "70.272 KB" in text and "250.5 GFLOPs" in text
+    )

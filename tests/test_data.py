@@ -32,7 +32,9 @@ from minids.data import (
 )
 
 TOK = CharTokenizer()
-printable = st.text(alphabet="".join(chr(c) for c in range(32, 127)) + "\n")  # printable ASCII, newline
+printable = st.text(
+    alphabet="".join(chr(c) for c in range(32, 127)) + "\n"
+)  # printable ASCII, newline
 outside_alphabet = st.characters(exclude_characters=CharTokenizer.ALPHABET)
 
 
@@ -107,8 +109,14 @@ def test_check_accepts_the_right_answer_with_surrounding_whitespace(task, prompt
 @pytest.mark.parametrize("task, prompt, answer", DOCUMENTED)
 def test_check_rejects_wrong_answers(task, prompt, answer):
     check = TASKS[task].check
-    wrong = [answer[:-1], answer + answer[-1], answer[::-1] if answer != answer[::-1] else "x", "",
-             "0" + answer, answer.replace(answer[0], "9" if answer[0] != "9" else "8")]
+    wrong = [
+        answer[:-1],
+        answer + answer[-1],
+        answer[::-1] if answer != answer[::-1] else "x",
+        "",
+        "0" + answer,
+        answer.replace(answer[0], "9" if answer[0] != "9" else "8"),
+    ]
     for w in wrong:
         assert not check(prompt, w), f"{task}: {prompt!r} accepted the wrong answer {w!r}"
 
@@ -140,7 +148,9 @@ def test_shipped_splits_are_disjoint_by_prompt(shipped):
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
             shared = set(prompts[a]) & set(prompts[b])
-            assert not shared, f"{len(shared)} prompts in both {a} and {b}, e.g. {sorted(shared)[:3]}"
+            assert not shared, (
+                f"{len(shared)} prompts in both {a} and {b}, e.g. {sorted(shared)[:3]}"
+            )
 
 
 def test_every_shipped_answer_passes_its_tasks_check(shipped):
@@ -153,9 +163,9 @@ def test_every_shipped_answer_passes_its_tasks_check(shipped):
 def test_regenerating_with_seed_0_reproduces_data_bit_for_bit(tmp_path, capsys):
     main(["--out", str(tmp_path), "--seed", "0"])  # what `python -m minids.data` runs
     for split in SPLITS:
-        assert (tmp_path / f"{split}.jsonl").read_bytes() == (DATA_DIR / f"{split}.jsonl").read_bytes(), (
-            f"data/{split}.jsonl differs from what `python -m minids.data` generates"
-        )
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == (
+            DATA_DIR / f"{split}.jsonl"
+        ).read_bytes(), f"data/{split}.jsonl differs from what `python -m minids.data` generates"
     assert "wrote" in capsys.readouterr().out
 
 
@@ -186,13 +196,17 @@ def test_load_split_reads_the_shipped_file_through_datasets(shipped):
         load_split("dev")
 
 
-def test_without_the_repositorys_data_the_splits_are_regenerated_once_into_the_cache(tmp_path, monkeypatch):
+def test_without_the_repositorys_data_the_splits_are_regenerated_once_into_the_cache(
+    tmp_path, monkeypatch
+):
     monkeypatch.setattr(minids.data, "DATA_DIR", tmp_path / "not-installed")  # as in site-packages
     monkeypatch.setenv("MINIDS_DATA_CACHE", str(tmp_path / "cache"))
     folder = shipped_data_dir()
     assert folder.parent == tmp_path / "cache"
     for split in SPLITS:
-        assert (folder / f"{split}.jsonl").read_bytes() == (DATA_DIR / f"{split}.jsonl").read_bytes()
+        assert (folder / f"{split}.jsonl").read_bytes() == (
+            DATA_DIR / f"{split}.jsonl"
+        ).read_bytes()
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{split}.jsonl" for split in SPLITS)
     # the second time reads the cache and generates nothing
     monkeypatch.setattr(minids.data, "generate_splits", lambda *a, **k: pytest.fail("regenerated"))
@@ -203,12 +217,22 @@ def test_without_the_repositorys_data_the_splits_are_regenerated_once_into_the_c
 def test_a_plain_install_without_the_repository_loads_the_shipped_splits(tmp_path):
     """`pip install .` puts the package alone in site-packages; a copy of `minids/` stands in for it."""
     site = tmp_path / "site"
-    shutil.copytree(Path(minids.data.__file__).parent, site / "minids",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    probe = ("import minids.data as d, json; assert not d.DATA_DIR.exists(), d.DATA_DIR; "
-             "print(json.dumps(d.load_split('val')[:5]))")
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(site), "MINIDS_DATA_CACHE": str(tmp_path / "cache")})
+    shutil.copytree(
+        Path(minids.data.__file__).parent,
+        site / "minids",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    probe = (
+        "import minids.data as d, json; assert not d.DATA_DIR.exists(), d.DATA_DIR; "
+        "print(json.dumps(d.load_split('val')[:5]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site), "MINIDS_DATA_CACHE": str(tmp_path / "cache")},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout) == _read_jsonl(DATA_DIR / "val.jsonl")[:5]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir())[0].startswith("data-")
@@ -223,7 +247,10 @@ def _write_jsonl(path, rows):
 
 
 def test_load_local_reads_prompt_answer_jsonl(tmp_path):
-    rows = [{"prompt": "2+2=", "answer": "4", "task": "add"}, {"prompt": "hi ", "answer": "you", "task": "chat"}]
+    rows = [
+        {"prompt": "2+2=", "answer": "4", "task": "add"},
+        {"prompt": "hi ", "answer": "you", "task": "chat"},
+    ]
     assert load_local(_write_jsonl(tmp_path / "qa.jsonl", rows)) == rows
     no_task = [{"prompt": "a", "answer": "b"}]
     assert load_local(_write_jsonl(tmp_path / "qa2.jsonl", no_task)) == [

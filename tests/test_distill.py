@@ -67,7 +67,10 @@ def test_kd_loss_is_zero_when_teacher_equals_student_and_positive_otherwise(row,
 def test_kd_gradient_is_t_times_the_difference_of_softened_distributions():
     """d/dz_s of T^2 KL = T (softmax(z_s / T) - softmax(z_t / T)): the T^2 keeps it O(1) in T."""
     rng = np.random.default_rng(0)
-    s, t = jnp.asarray(rng.normal(size=(1, 1, 5)), jnp.float32), jnp.asarray(rng.normal(size=(1, 1, 5)), jnp.float32)
+    s, t = (
+        jnp.asarray(rng.normal(size=(1, 1, 5)), jnp.float32),
+        jnp.asarray(rng.normal(size=(1, 1, 5)), jnp.float32),
+    )
     for T in (1.0, 3.0):
         grad = jax.grad(lambda z, T=T: distillation_loss(z, t, T))(s)
         want = T * (jax.nn.softmax(s / T) - jax.nn.softmax(t / T))
@@ -95,15 +98,23 @@ def test_logits_of_different_vocabularies_raise():
 
 @pytest.fixture(scope="module")
 def examples():
-    return generate_splits(seed=0, sizes={"train": 48, "val": 0, "test": 0}, tasks=["add", "rev"])["train"]
+    return generate_splits(seed=0, sizes={"train": 48, "val": 0, "test": 0}, tasks=["add", "rev"])[
+        "train"
+    ]
 
 
 @pytest.fixture(scope="module")
 def teacher(cfg):
     """A different architecture from the students: MLA attention and an MoE feed-forward."""
-    return Transformer(cfg.replace(
-        seed=1, mla=MLAConfig(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8),
-        moe=MoEConfig(n_routed_experts=4, experts_per_token=2, expert_ffn_dim=16, n_dense_layers=1)))
+    return Transformer(
+        cfg.replace(
+            seed=1,
+            mla=MLAConfig(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8),
+            moe=MoEConfig(
+                n_routed_experts=4, experts_per_token=2, expert_ffn_dim=16, n_dense_layers=1
+            ),
+        )
+    )
 
 
 def test_tokenizer_mismatch_raises_a_clear_error(cfg, teacher):
@@ -118,8 +129,15 @@ def test_rejection_sampling_keeps_only_what_the_checker_accepts(teacher, example
     def even_length(example, completion):  # an arbitrary, checkable rule for a random teacher
         return len(completion) % 2 == 0
 
-    kept, stats = rejection_sample(teacher, examples[:16], samples_per_prompt=6, keep_per_prompt=2,
-                                   check=even_length, max_new_tokens=6, seed=3)
+    kept, stats = rejection_sample(
+        teacher,
+        examples[:16],
+        samples_per_prompt=6,
+        keep_per_prompt=2,
+        check=even_length,
+        max_new_tokens=6,
+        seed=3,
+    )
     assert stats.samples == 96 and 0 < stats.correct < 96  # some accepted, some rejected
     assert all(even_length(None, ex["answer"]) for ex in kept)
     assert all(not even_length(None, r["completion"]) for r in stats.rejected_examples)
@@ -133,16 +151,27 @@ def test_rejection_sampling_keeps_only_what_the_checker_accepts(teacher, example
 def test_task_check_accepts_exactly_the_right_answer(examples):
     ex = examples[0]
     assert task_check(ex, ex["answer"]) and task_check(ex, f" {ex['answer']} ")
-    assert not task_check(ex, ex["answer"] + "0") and not task_check({"prompt": "?", "task": "nope"}, "")
+    assert not task_check(ex, ex["answer"] + "0") and not task_check(
+        {"prompt": "?", "task": "nope"}, ""
+    )
 
 
 def test_a_student_learns_a_fixed_teachers_samples(cfg, teacher, examples):
     """Sequence-level distillation on a toy case: the student's loss on the teacher's samples falls."""
-    kept, _ = rejection_sample(teacher, examples, samples_per_prompt=1, check=lambda ex, c: True,
-                               max_new_tokens=6, temperature=0.0)
+    kept, _ = rejection_sample(
+        teacher,
+        examples,
+        samples_per_prompt=1,
+        check=lambda ex, c: True,
+        max_new_tokens=6,
+        temperature=0.0,
+    )
     assert len(kept) == len(examples)
     student = Transformer(cfg.replace(n_layers=1, seed=2))
-    arrays = {k: jnp.asarray(v) for k, v in encode_examples(kept, CharTokenizer(), cfg.max_seq_len).items()}
+    arrays = {
+        k: jnp.asarray(v)
+        for k, v in encode_examples(kept, CharTokenizer(), cfg.max_seq_len).items()
+    }
     before = float(loss_fn(student, arrays))
     fit(student, kept, None, TCFG, progress=False)
     after = float(loss_fn(student, arrays))
@@ -151,15 +180,22 @@ def test_a_student_learns_a_fixed_teachers_samples(cfg, teacher, examples):
 
 def test_logit_distillation_pulls_the_student_towards_the_teacher(cfg, teacher, examples):
     student = Transformer(cfg.replace(n_layers=1, seed=3))  # dense, smaller: another architecture
-    arrays = {k: jnp.asarray(v) for k, v in encode_examples(examples, CharTokenizer(), cfg.max_seq_len).items()}
+    arrays = {
+        k: jnp.asarray(v)
+        for k, v in encode_examples(examples, CharTokenizer(), cfg.max_seq_len).items()
+    }
 
     def kl():
-        return float(distillation_loss(student(arrays["inputs"]), teacher(arrays["inputs"]), 2.0,
-                                       arrays["loss_mask"]))
+        return float(
+            distillation_loss(
+                student(arrays["inputs"]), teacher(arrays["inputs"]), 2.0, arrays["loss_mask"]
+            )
+        )
 
     before = kl()
-    history = fit_logit_distillation(student, teacher, examples, None, TCFG, alpha=1.0, temperature=2.0,
-                                     progress=False)
+    history = fit_logit_distillation(
+        student, teacher, examples, None, TCFG, alpha=1.0, temperature=2.0, progress=False
+    )
     assert len(history.loss) == TCFG.steps and kl() < 0.5 * before
 
 
@@ -174,4 +210,6 @@ def test_logit_distillation_with_alpha_zero_is_plain_training(cfg, teacher, exam
 @pytest.mark.parametrize("field, value", [("alpha", 1.5), ("temperature", 0.0)])
 def test_bad_distillation_settings_raise(cfg, teacher, examples, field, value):
     with pytest.raises(ValueError, match=field):
-        fit_logit_distillation(Transformer(cfg), teacher, examples, cfg=TCFG, progress=False, **{field: value})
+        fit_logit_distillation(
+            Transformer(cfg), teacher, examples, cfg=TCFG, progress=False, **{field: value}
+        )

@@ -27,7 +27,11 @@ EXERCISES = {
     "02_mla": ({"latent_kv": "minids.mla", "absorbed_scores": "minids.mla"}, 12),
     "05_distillation": ({"distillation_loss": "minids.distill"}, 10),
     "04_grpo": (
-        {"group_advantages": "minids.grpo", "clipped_surrogate": "minids.grpo", "k3_kl": "minids.grpo"},
+        {
+            "group_advantages": "minids.grpo",
+            "clipped_surrogate": "minids.grpo",
+            "k3_kl": "minids.grpo",
+        },
         14,
     ),
     "01_moe_router": (

@@ -69,16 +69,26 @@ def _bound(x, scale, block, fmt):
     return np.maximum(rel, 0.5 * f.min_subnormal * s) * (1 + 1e-6)
 
 
-GRANULARITIES = {"tensor": ((8, 64), None), "tile": ((4, 256), (1, 128)),
-                 "block": ((256, 256), (128, 128)), "odd": ((6, 12), (3, 4))}
+GRANULARITIES = {
+    "tensor": ((8, 64), None),
+    "tile": ((4, 256), (1, 128)),
+    "block": ((256, 256), (128, 128)),
+    "odd": ((6, 12), (3, 4)),
+}
 
 
 @pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
 @pytest.mark.parametrize("granularity", list(GRANULARITIES))
-@given(seed=st.integers(0, 2**31 - 1), log_scale=st.floats(-30, 30), n_outliers=st.integers(0, 4),
-       outlier=st.floats(1, 1e4), zero_frac=st.sampled_from([0.0, 0.5, 1.0]))
-def test_round_trip_error_is_within_the_format_bound(fmt, granularity, seed, log_scale, n_outliers,
-                                                      outlier, zero_frac):
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    log_scale=st.floats(-30, 30),
+    n_outliers=st.integers(0, 4),
+    outlier=st.floats(1, 1e4),
+    zero_frac=st.sampled_from([0.0, 0.5, 1.0]),
+)
+def test_round_trip_error_is_within_the_format_bound(
+    fmt, granularity, seed, log_scale, n_outliers, outlier, zero_frac
+):
     shape, block = GRANULARITIES[granularity]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape) * 10.0**log_scale
@@ -90,7 +100,9 @@ def test_round_trip_error_is_within_the_format_bound(fmt, granularity, seed, log
     back = np.asarray(dequantize(q, scale, block), np.float64)
     assert np.isfinite(back).all() and np.isfinite(np.asarray(scale)).all()
     err = np.abs(back - np.asarray(x, np.float64))
-    assert (err <= _bound(x, scale, block, fmt)).all(), float(np.max(err - _bound(x, scale, block, fmt)))
+    assert (err <= _bound(x, scale, block, fmt)).all(), float(
+        np.max(err - _bound(x, scale, block, fmt))
+    )
 
 
 @given(seed=st.integers(0, 2**31 - 1), log_scale=st.floats(-30, 37))
@@ -242,7 +254,9 @@ def test_fp8_linear_gradients_equal_the_hand_written_fp8_backward():
         # Equal up to the order of float32 additions inside a slice, which can move a truncation
         # by one step of the 13-bit accumulator (2^-13 relative).
         want = np.asarray(want)
-        np.testing.assert_allclose(np.asarray(got), want, rtol=2.0**-12, atol=2.0**-13 * np.abs(want).max())
+        np.testing.assert_allclose(
+            np.asarray(got), want, rtol=2.0**-12, atol=2.0**-13 * np.abs(want).max()
+        )
     # ... and both are close to the float32 layer's gradients.
     for got, exact in ((dx, probe @ w.T), (dw, x.T @ probe)):
         rel = np.linalg.norm(np.asarray(got - exact)) / np.linalg.norm(np.asarray(exact))
@@ -273,8 +287,9 @@ def test_a_partial_last_block_is_zero_padded_for_its_max():
     layer = Fp8Linear(192, 64, FP8Config(), rngs=nnx.Rngs(0))
     got = layer(x)
     w = layer.kernel[...]
-    expected = limited_precision_matmul(fp8_round_trip(x, "e4m3", (1, 128)),
-                                        fp8_round_trip(w, "e4m3", (128, 128)))
+    expected = limited_precision_matmul(
+        fp8_round_trip(x, "e4m3", (1, 128)), fp8_round_trip(w, "e4m3", (128, 128))
+    )
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
 
 
@@ -293,7 +308,9 @@ def test_per_tensor_scaling_loses_small_channels_to_an_outlier():
 
 def test_quantize_grad_is_the_identity_forward_and_quantizes_the_gradient():
     y, g = _normal((4, 128), 10), _normal((4, 128), 11)
-    np.testing.assert_array_equal(np.asarray(quantize_grad(y, "e4m3", (1, 128), False)), np.asarray(y))
+    np.testing.assert_array_equal(
+        np.asarray(quantize_grad(y, "e4m3", (1, 128), False)), np.asarray(y)
+    )
     _, vjp = jax.vjp(lambda y: quantize_grad(y, "e4m3", (1, 128), False), y)
     want = dequantize(*quantize(g, "e4m3", (1, 128)), (1, 128))
     np.testing.assert_array_equal(np.asarray(vjp(g)[0]), np.asarray(want))
@@ -307,12 +324,25 @@ def test_quantize_grad_is_the_identity_forward_and_quantizes_the_gradient():
 def test_fp8_config_validates_and_round_trips_through_json_lists():
     cfg = FP8Config()
     assert (cfg.fmt, cfg.act_block, cfg.weight_block, cfg.acc_mantissa_bits, cfg.promote_every) == (
-        "e4m3", (1, 128), (128, 128), 13, 128)
+        "e4m3",
+        (1, 128),
+        (128, 128),
+        13,
+        128,
+    )
     as_json = {"act_block": [1, 128], "weight_block": [128, 128], "grad_block": [1, 128]}
     assert FP8Config(**as_json) == cfg and FP8Config(**as_json).act_block == (1, 128)
-    bad = [dict(fmt="e3m4"), dict(scaling="channel"), dict(act_block=(1, 0)), dict(act_block=None),
-           dict(acc_mantissa_bits=30), dict(k_slice=0), dict(promote_every=100),
-           dict(pow2_scale=1), dict(grad_fmt="fp16")]
+    bad = [
+        dict(fmt="e3m4"),
+        dict(scaling="channel"),
+        dict(act_block=(1, 0)),
+        dict(act_block=None),
+        dict(acc_mantissa_bits=30),
+        dict(k_slice=0),
+        dict(promote_every=100),
+        dict(pow2_scale=1),
+        dict(grad_fmt="fp16"),
+    ]
     for fields in bad:
         name = next(iter(fields))
         with pytest.raises(ValueError, match=name):

@@ -18,13 +18,17 @@ from minids.model import Transformer
 from minids.moe import MoEConfig, dispatch_reference, select_experts
 from minids.train import TrainConfig, load_checkpoint, make_optimizer, save_checkpoint, train_step
 
-MOE = MoEConfig(n_routed_experts=4, n_shared_experts=1, experts_per_token=2, expert_ffn_dim=16,
-                n_dense_layers=1)
+MOE = MoEConfig(
+    n_routed_experts=4, n_shared_experts=1, experts_per_token=2, expert_ffn_dim=16, n_dense_layers=1
+)
 
 
 def _batch(cfg, n=8):
     rows = load_split("val")[:n]
-    return {k: jnp.asarray(v) for k, v in encode_examples(rows, CharTokenizer(), cfg.max_seq_len).items()}
+    return {
+        k: jnp.asarray(v)
+        for k, v in encode_examples(rows, CharTokenizer(), cfg.max_seq_len).items()
+    }
 
 
 @nnx.jit
@@ -53,19 +57,33 @@ def test_precision_setting_and_config_round_trip(cfg):
 def test_fp8_goes_where_v3_puts_it(cfg):
     model = Transformer(cfg.with_precision("fp8").replace(n_layers=3, moe=MOE))
     attn, dense_ffn = model.blocks[0].attn, model.blocks[0].ffn
-    for layer in (attn.wq, attn.wk, attn.wv, attn.wo, dense_ffn.gate, dense_ffn.up, dense_ffn.down,
-                  model.blocks[1].ffn.shared_experts.up):
+    for layer in (
+        attn.wq,
+        attn.wk,
+        attn.wv,
+        attn.wo,
+        dense_ffn.gate,
+        dense_ffn.up,
+        dense_ffn.down,
+        model.blocks[1].ffn.shared_experts.up,
+    ):
         assert isinstance(layer, Fp8Linear)
     assert type(model.lm_head) is nnx.Linear  # the output head stays in high precision
     moe = model.moe_layers()[0]
     assert moe.fp8 == FP8Config() and moe.expert_centroids[...].dtype == jnp.float32  # gate float32
-    assert Transformer(cfg).moe_layers() == [] and type(Transformer(cfg).blocks[0].attn.wq) is nnx.Linear
+    assert (
+        Transformer(cfg).moe_layers() == []
+        and type(Transformer(cfg).blocks[0].attn.wq) is nnx.Linear
+    )
 
 
 def test_fp8_model_starts_from_the_fp32_weights_and_stays_close(cfg):
     plain, fp8 = Transformer(cfg), Transformer(cfg.with_precision("fp8"))
-    for a, b in zip(jax.tree.leaves(nnx.state(plain, nnx.Param)),
-                    jax.tree.leaves(nnx.state(fp8, nnx.Param)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(plain, nnx.Param)),
+        jax.tree.leaves(nnx.state(fp8, nnx.Param)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     tokens = _batch(cfg)["inputs"]
     assert 1e-4 < _rel(_logits(fp8, tokens), _logits(plain, tokens)) < 0.05
@@ -77,10 +95,19 @@ def _grads(model, tokens):
 
 
 def test_fp8_gradients_are_close_to_fp32(cfg):
-    tokens, one_layer = _batch(cfg)["inputs"], cfg.replace(n_layers=1)  # one layer: faster to compile
-    g32, g8 = (jax.tree.leaves(_grads(Transformer(one_layer.with_precision(p)), tokens))
-               for p in ("fp32", "fp8"))
-    assert 1e-4 < _rel(np.concatenate([g.ravel() for g in g8]), np.concatenate([g.ravel() for g in g32])) < 0.1
+    tokens, one_layer = (
+        _batch(cfg)["inputs"],
+        cfg.replace(n_layers=1),
+    )  # one layer: faster to compile
+    g32, g8 = (
+        jax.tree.leaves(_grads(Transformer(one_layer.with_precision(p)), tokens))
+        for p in ("fp32", "fp8")
+    )
+    assert (
+        1e-4
+        < _rel(np.concatenate([g.ravel() for g in g8]), np.concatenate([g.ravel() for g in g32]))
+        < 0.1
+    )
 
 
 def test_fp8_checkpoint_round_trip(cfg, tmp_path):
@@ -90,26 +117,43 @@ def test_fp8_checkpoint_round_trip(cfg, tmp_path):
     restored, meta = load_checkpoint(tmp_path / "ck")
     assert restored.cfg == fp8_cfg and restored.cfg.fp8.act_block == (1, 128) and meta["step"] == 3
     assert isinstance(restored.blocks[0].attn.wq, Fp8Linear)
-    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(restored)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(restored)), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_widths_that_are_not_multiples_of_128_get_a_partial_last_block(cfg):
     # d_model 192 = 128 + 64, and MoE experts of width 192: every block grid ends with a partial block.
-    wide = cfg.replace(d_model=192, n_heads=4, head_dim=48, n_layers=2,
-                       moe=dataclasses.replace(MOE, expert_ffn_dim=192))
+    wide = cfg.replace(
+        d_model=192,
+        n_heads=4,
+        head_dim=48,
+        n_layers=2,
+        moe=dataclasses.replace(MOE, expert_ffn_dim=192),
+    )
     tokens = _batch(cfg, n=2)["inputs"]
-    assert 1e-4 < _rel(_logits(Transformer(wide.with_precision("fp8")), tokens),
-                       _logits(Transformer(wide), tokens)) < 0.05
+    assert (
+        1e-4
+        < _rel(
+            _logits(Transformer(wide.with_precision("fp8")), tokens),
+            _logits(Transformer(wide), tokens),
+        )
+        < 0.05
+    )
 
 
 def _moe_inputs(T=24, D=128, F=128, E=4, K=2, seed=0):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal((T, D)), jnp.float32)
     scores = jax.nn.sigmoid(jnp.asarray(rng.standard_normal((T, E)), jnp.float32))
-    indices, gates = select_experts(scores, jnp.zeros(E), MoEConfig(n_routed_experts=E, experts_per_token=K))
-    w = [jnp.asarray(rng.standard_normal(s) / np.sqrt(s[1]), jnp.float32)
-         for s in ((E, D, F), (E, D, F), (E, F, D))]
+    indices, gates = select_experts(
+        scores, jnp.zeros(E), MoEConfig(n_routed_experts=E, experts_per_token=K)
+    )
+    w = [
+        jnp.asarray(rng.standard_normal(s) / np.sqrt(s[1]), jnp.float32)
+        for s in ((E, D, F), (E, D, F), (E, F, D))
+    ]
     return x, indices, gates, w, jnp.asarray(rng.standard_normal((T, D)), jnp.float32)
 
 
@@ -148,7 +192,9 @@ def test_fp8_experts_run_their_forward_on_quantized_values():
 
 def test_fp8_moe_model_trains(cfg):
     # Attention, shared and routed experts all FP8 (one MoE block); a few steps lower the loss.
-    moe_cfg = cfg.with_precision("fp8").replace(n_layers=1, moe=dataclasses.replace(MOE, n_dense_layers=0))
+    moe_cfg = cfg.with_precision("fp8").replace(
+        n_layers=1, moe=dataclasses.replace(MOE, n_dense_layers=0)
+    )
     model = Transformer(moe_cfg)
     optimizer = make_optimizer(model, TrainConfig(lr=1e-2, warmup_steps=0))
     batch = _batch(moe_cfg)
@@ -163,7 +209,10 @@ def test_tiny_v3_trains_in_fp8_with_mla_projections_in_fp8():
     cfg = preset("tiny_v3").with_precision("fp8")
     model = Transformer(cfg)
     attn = model.blocks[0].attn
-    assert all(isinstance(getattr(attn, name), Fp8Linear) for name in ("wq_a", "wq_b", "wkv_a", "wkv_b", "wo"))
+    assert all(
+        isinstance(getattr(attn, name), Fp8Linear)
+        for name in ("wq_a", "wq_b", "wkv_a", "wkv_b", "wo")
+    )
     assert not isinstance(model.lm_head, Fp8Linear)
     optimizer = make_optimizer(model, TrainConfig(lr=1e-2, warmup_steps=0))
     batch = _batch(cfg)

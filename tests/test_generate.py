@@ -88,16 +88,30 @@ def test_each_sequence_stops_at_its_own_eos_and_pads_after_it(model, greedy):
 
 def test_the_same_key_gives_the_same_samples_and_another_key_does_not(model):
     def sample(seed):
-        return generate(model, PROMPTS, max_new_tokens=NEW, temperature=1.0, top_p=0.95,
-                        key=jax.random.key(seed), eos_id=-1).tokens
+        return generate(
+            model,
+            PROMPTS,
+            max_new_tokens=NEW,
+            temperature=1.0,
+            top_p=0.95,
+            key=jax.random.key(seed),
+            eos_id=-1,
+        ).tokens
 
     np.testing.assert_array_equal(sample(0), sample(0))
     assert not np.array_equal(sample(0), sample(1))
 
 
 def test_sampling_with_top_k_1_is_greedy(model, greedy):
-    out = generate(model, PROMPTS, max_new_tokens=NEW, temperature=0.7, top_k=1,
-                   key=jax.random.key(3), eos_id=-1)
+    out = generate(
+        model,
+        PROMPTS,
+        max_new_tokens=NEW,
+        temperature=0.7,
+        top_k=1,
+        key=jax.random.key(3),
+        eos_id=-1,
+    )
     np.testing.assert_array_equal(out.tokens, greedy.tokens)
 
 
@@ -132,7 +146,9 @@ def test_bad_sampling_arguments_raise_value_error_naming_them(model, kwargs, fie
         generate(model, PROMPTS, **kwargs)
 
 
-@pytest.mark.parametrize("prompts", [[], [[]], [[1, 2], []]], ids=["no-prompts", "empty", "one-empty"])
+@pytest.mark.parametrize(
+    "prompts", [[], [[]], [[1, 2], []]], ids=["no-prompts", "empty", "one-empty"]
+)
 def test_empty_prompts_raise_value_error(model, prompts):
     with pytest.raises(ValueError, match="prompts"):
         generate(model, prompts)

@@ -82,7 +82,9 @@ def test_clipped_surrogate_by_hand_inside_and_outside_the_clip_range():
 def test_clip_fraction_counts_the_tokens_where_the_clip_is_active():
     logp = jnp.log(jnp.asarray([[1.5, 0.5, 1.1], [1.5, 0.5, 1.1]]))
     cfg = GRPOConfig(group_size=2)
-    _, metrics = grpo_loss(logp, jnp.zeros((2, 3)), jnp.asarray([1.0, -1.0]), jnp.ones((2, 3), bool), cfg)
+    _, metrics = grpo_loss(
+        logp, jnp.zeros((2, 3)), jnp.asarray([1.0, -1.0]), jnp.ones((2, 3), bool), cfg
+    )
     # A > 0 clips at rho 1.5; A < 0 clips at rho 0.5: 2 of 6 tokens.
     assert float(metrics["clip_frac"]) == pytest.approx(2 / 6)
 
@@ -93,7 +95,9 @@ def test_sequence_level_ratio_is_the_geometric_mean_of_the_token_ratios():
     logp = jnp.log(jnp.asarray([[2.0, 0.5, 7.0], [1.0, 1.0, 1.0]]))
     mask = jnp.asarray([[1, 1, 0], [1, 1, 1]], bool)
     adv = jnp.asarray([1.0, 0.0])
-    seq, _ = grpo_loss(logp, jnp.zeros((2, 3)), adv, mask, GRPOConfig(group_size=2, ratio_level="sequence"))
+    seq, _ = grpo_loss(
+        logp, jnp.zeros((2, 3)), adv, mask, GRPOConfig(group_size=2, ratio_level="sequence")
+    )
     tok, _ = grpo_loss(logp, jnp.zeros((2, 3)), adv, mask, GRPOConfig(group_size=2))
     assert float(seq) == pytest.approx(-(1.0 + 0.0) / 2, abs=1e-6)
     assert float(tok) == pytest.approx(-((1.2 + 0.5) / 2 + 0.0) / 2, abs=1e-6)
@@ -107,10 +111,15 @@ def test_group_advantages_by_hand():
     np.testing.assert_allclose(np.asarray(group_advantages(rewards, "group", 0.0)), want, atol=1e-6)
     np.testing.assert_allclose(
         np.asarray(group_advantages(rewards, "none")),
-        [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0], [-0.75, -0.75, -0.75, 2.25]], atol=1e-6)
+        [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0], [-0.75, -0.75, -0.75, 2.25]],
+        atol=1e-6,
+    )
     batch_std = float(np.std(np.asarray(rewards)))
-    np.testing.assert_allclose(np.asarray(group_advantages(rewards, "batch", 0.0))[0],
-                               np.asarray([0.5, -0.5, -0.5, 0.5]) / batch_std, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(group_advantages(rewards, "batch", 0.0))[0],
+        np.asarray([0.5, -0.5, -0.5, 0.5]) / batch_std,
+        atol=1e-6,
+    )
 
 
 def test_equal_rewards_give_zero_advantage_and_zero_policy_gradient():
@@ -125,7 +134,10 @@ def test_equal_rewards_give_zero_advantage_and_zero_policy_gradient():
         assert np.all(np.asarray(grad) == 0.0), loss_type
 
 
-@given(st.lists(st.floats(-20, 0), min_size=6, max_size=6), st.lists(st.floats(-20, 0), min_size=6, max_size=6))
+@given(
+    st.lists(st.floats(-20, 0), min_size=6, max_size=6),
+    st.lists(st.floats(-20, 0), min_size=6, max_size=6),
+)
 def test_k3_kl_is_non_negative_and_zero_when_the_policies_agree(a, b):
     logp, ref = jnp.asarray([a]), jnp.asarray([b])
     mask = jnp.ones((1, 6), bool)
@@ -135,7 +147,9 @@ def test_k3_kl_is_non_negative_and_zero_when_the_policies_agree(a, b):
 
 def test_k3_kl_by_hand():
     # d = log pi_ref - log pi = log 2: e^d - d - 1 = 1 - log 2; d = -log 2: 0.5 + log 2 - 1.
-    got = k3_kl(jnp.asarray([[0.0, 0.0]]), jnp.log(jnp.asarray([[2.0, 0.5]])), jnp.ones((1, 2), bool))
+    got = k3_kl(
+        jnp.asarray([[0.0, 0.0]]), jnp.log(jnp.asarray([[2.0, 0.5]])), jnp.ones((1, 2), bool)
+    )
     np.testing.assert_allclose(np.asarray(got), [[1 - math.log(2), math.log(2) - 0.5]], atol=1e-6)
 
 
@@ -160,7 +174,8 @@ def test_completion_mask_ends_at_eos_inclusive():
     E = CharTokenizer.EOS
     tokens = np.asarray([[5, 6, E, 0, 0], [E, 0, 0, 0, 0], [5, 6, 7, 8, 9]])
     np.testing.assert_array_equal(
-        completion_mask(tokens), [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+        completion_mask(tokens), [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    )
 
 
 def test_dropping_equal_groups_removes_them_from_the_average():
@@ -174,10 +189,22 @@ def test_dropping_equal_groups_removes_them_from_the_average():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("group_size", 1), ("epsilon_low", 0.0), ("epsilon_high", -0.1), ("loss_type", "ppo"),
-     ("scale_rewards", "mean"), ("ratio_level", "word"), ("mu", 0), ("beta", -1.0), ("lr", 0.0),
-     ("rewards", ("accuracy", "nope")), ("reward_weights", (1.0,)), ("temperature", 0.0),
-     ("template", "chatml"), ("drop_equal_groups", 1)],
+    [
+        ("group_size", 1),
+        ("epsilon_low", 0.0),
+        ("epsilon_high", -0.1),
+        ("loss_type", "ppo"),
+        ("scale_rewards", "mean"),
+        ("ratio_level", "word"),
+        ("mu", 0),
+        ("beta", -1.0),
+        ("lr", 0.0),
+        ("rewards", ("accuracy", "nope")),
+        ("reward_weights", (1.0,)),
+        ("temperature", 0.0),
+        ("template", "chatml"),
+        ("drop_equal_groups", 1),
+    ],
 )
 def test_bad_config_raises_value_error_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -187,7 +214,11 @@ def test_bad_config_raises_value_error_naming_the_field(field, value):
 # -------------------------------------------------------------------------- with a real model
 
 
-TASK_ROWS = [{"task": "add", "prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10, 16) for b in (20, 31)]
+TASK_ROWS = [
+    {"task": "add", "prompt": f"{a}+{b}=", "answer": str(a + b)}
+    for a in range(10, 16)
+    for b in (20, 31)
+]
 
 
 @pytest.fixture(scope="module")
@@ -197,28 +228,49 @@ def small_cfg(cfg):
 
 def _batch(model, cfg, key=0):
     roll = sample_groups(model, TASK_ROWS[:2], cfg, jax.random.key(key))
-    adv = group_advantages(jnp.asarray(roll.rewards.reshape(-1, cfg.group_size)), "group").reshape(-1)
-    return roll, {"prompt_tokens": jnp.asarray(roll.prompt_tokens), "prompt_mask": jnp.asarray(roll.prompt_mask),
-                  "tokens": jnp.asarray(roll.tokens), "mask": jnp.asarray(roll.mask),
-                  "advantages": adv, "temperature": jnp.float32(cfg.temperature)}
+    adv = group_advantages(jnp.asarray(roll.rewards.reshape(-1, cfg.group_size)), "group").reshape(
+        -1
+    )
+    return roll, {
+        "prompt_tokens": jnp.asarray(roll.prompt_tokens),
+        "prompt_mask": jnp.asarray(roll.prompt_mask),
+        "tokens": jnp.asarray(roll.tokens),
+        "mask": jnp.asarray(roll.mask),
+        "advantages": adv,
+        "temperature": jnp.float32(cfg.temperature),
+    }
 
 
 def test_rollouts_carry_sampling_logprobs_and_a_mask_that_ends_at_eos(small_cfg):
     model = Transformer(small_cfg)
-    cfg = GRPOConfig(group_size=4, max_new_tokens=6, template="plain", rewards=("plain_accuracy",),
-                     reward_weights=(1.0,))
+    cfg = GRPOConfig(
+        group_size=4,
+        max_new_tokens=6,
+        template="plain",
+        rewards=("plain_accuracy",),
+        reward_weights=(1.0,),
+    )
     roll, batch = _batch(model, cfg)
-    assert roll.tokens.shape == (8, 6) and roll.logprobs.shape == (8, 6) and roll.rewards.shape == (8,)
+    assert (
+        roll.tokens.shape == (8, 6) and roll.logprobs.shape == (8, 6) and roll.rewards.shape == (8,)
+    )
     np.testing.assert_array_equal(roll.mask, completion_mask(roll.tokens))
-    rescored = score_completions(model, batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], 1.0)
-    np.testing.assert_allclose(np.where(roll.mask, np.asarray(rescored), 0), np.where(roll.mask, roll.logprobs, 0),
-                               atol=1e-4)
+    rescored = score_completions(
+        model, batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], 1.0
+    )
+    np.testing.assert_allclose(
+        np.where(roll.mask, np.asarray(rescored), 0),
+        np.where(roll.mask, roll.logprobs, 0),
+        atol=1e-4,
+    )
     assert all(r["prompt"] == TASK_ROWS[i // 4]["prompt"] for i, r in enumerate(roll.examples))
 
 
 def test_one_inner_update_has_ratio_exactly_one_and_nothing_clipped(small_cfg):
     model = Transformer(small_cfg)
-    cfg = GRPOConfig(group_size=4, max_new_tokens=6, template="plain", rewards=("length",), reward_weights=(1.0,))
+    cfg = GRPOConfig(
+        group_size=4, max_new_tokens=6, template="plain", rewards=("length",), reward_weights=(1.0,)
+    )
     _, batch = _batch(model, cfg)
     batch["advantages"] = jnp.asarray([1.0, -1.0] * 4)  # a non-zero update whatever the rewards
     metrics = grpo_step(model, make_grpo_optimizer(model, cfg), batch, cfg)
@@ -228,7 +280,9 @@ def test_one_inner_update_has_ratio_exactly_one_and_nothing_clipped(small_cfg):
 
 def test_zero_advantages_leave_the_model_unchanged(small_cfg):
     model = Transformer(small_cfg)
-    cfg = GRPOConfig(group_size=4, max_new_tokens=6, template="plain", rewards=("length",), reward_weights=(1.0,))
+    cfg = GRPOConfig(
+        group_size=4, max_new_tokens=6, template="plain", rewards=("length",), reward_weights=(1.0,)
+    )
     _, batch = _batch(model, cfg)
     batch["advantages"] = jnp.zeros(8)
     params = [np.asarray(x) for x in jax.tree.leaves(nnx_params(model))]
@@ -250,16 +304,44 @@ def test_trainer_logs_every_metric_and_raises_a_toy_reward(small_cfg, tmp_path):
         return completion[:4].count("7") / 4
 
     model = Transformer(small_cfg)
-    cfg = GRPOConfig(steps=16, prompts_per_step=4, group_size=8, max_new_tokens=4, lr=1e-2,
-                     template="plain", rewards=("plain_accuracy",), reward_weights=(1.0,), mu=2,
-                     beta=0.01, ref_refresh_every=5, eval_k=2)
-    history = train_grpo(model, TASK_ROWS, cfg, eval_examples=TASK_ROWS[:4], reward_fns={"sevens": sevens},
-                         ckpt_dir=tmp_path / "ckpt", progress=False)
-    for name in ("reward", "accuracy", "format_rate", "kl", "clip_frac", "completion_len",
-                 "zero_adv_frac", "loss"):
+    cfg = GRPOConfig(
+        steps=16,
+        prompts_per_step=4,
+        group_size=8,
+        max_new_tokens=4,
+        lr=1e-2,
+        template="plain",
+        rewards=("plain_accuracy",),
+        reward_weights=(1.0,),
+        mu=2,
+        beta=0.01,
+        ref_refresh_every=5,
+        eval_k=2,
+    )
+    history = train_grpo(
+        model,
+        TASK_ROWS,
+        cfg,
+        eval_examples=TASK_ROWS[:4],
+        reward_fns={"sevens": sevens},
+        ckpt_dir=tmp_path / "ckpt",
+        progress=False,
+    )
+    for name in (
+        "reward",
+        "accuracy",
+        "format_rate",
+        "kl",
+        "clip_frac",
+        "completion_len",
+        "zero_adv_frac",
+        "loss",
+    ):
         values = getattr(history, name)
         assert len(values) == 16 and all(math.isfinite(v) for v in values), name
-    assert history.eval_step == [0, 16] and {"accuracy", "format_rate", "pass@2"} <= set(history.eval[-1])
+    assert history.eval_step == [0, 16] and {"accuracy", "format_rate", "pass@2"} <= set(
+        history.eval[-1]
+    )
     assert np.mean(history.reward[-3:]) > np.mean(history.reward[:3]) + 0.3, history.reward
     assert max(history.kl) > 0.0 and history.gen_seconds > 0 and history.update_seconds > 0
     meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
@@ -268,4 +350,6 @@ def test_trainer_logs_every_metric_and_raises_a_toy_reward(small_cfg, tmp_path):
 
 def test_trainer_rejects_more_prompts_per_step_than_prompts(small_cfg):
     with pytest.raises(ValueError, match="prompts_per_step"):
-        train_grpo(Transformer(small_cfg), TASK_ROWS[:3], GRPOConfig(prompts_per_step=4), progress=False)
+        train_grpo(
+            Transformer(small_cfg), TASK_ROWS[:3], GRPOConfig(prompts_per_step=4), progress=False
+        )

@@ -23,38 +23,82 @@ ATOL = 1e-4
 # Several architectures: with and without query compression, different group settings, more than
 # one leading dense layer, interleaved or half-split RoPE, a block eps other than the latent norms' 1e-6.
 CONFIGS = {
-    "q-lora, 4 groups of 2, 1 dense": dict(q_lora_rank=24, n_group=4, topk_group=2, first_k_dense_replace=1),
-    "no q compression, 2 dense": dict(q_lora_rank=None, n_group=2, topk_group=1, first_k_dense_replace=2,
-                                      num_hidden_layers=4),
-    "1 group, eps 1e-5, 2 shared": dict(q_lora_rank=16, n_group=1, topk_group=1, first_k_dense_replace=1,
-                                        rms_norm_eps=1e-5, n_shared_experts=2, num_experts_per_tok=3),
-    "rope not interleaved, tied": dict(q_lora_rank=24, n_group=4, topk_group=2, first_k_dense_replace=1,
-                                       rope_interleave=False, tie_word_embeddings=True),
-    "gates not renormalised": dict(q_lora_rank=24, n_group=4, topk_group=2, first_k_dense_replace=1,
-                                   norm_topk_prob=False),
+    "q-lora, 4 groups of 2, 1 dense": dict(
+        q_lora_rank=24, n_group=4, topk_group=2, first_k_dense_replace=1
+    ),
+    "no q compression, 2 dense": dict(
+        q_lora_rank=None, n_group=2, topk_group=1, first_k_dense_replace=2, num_hidden_layers=4
+    ),
+    "1 group, eps 1e-5, 2 shared": dict(
+        q_lora_rank=16,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=1,
+        rms_norm_eps=1e-5,
+        n_shared_experts=2,
+        num_experts_per_tok=3,
+    ),
+    "rope not interleaved, tied": dict(
+        q_lora_rank=24,
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=1,
+        rope_interleave=False,
+        tie_word_embeddings=True,
+    ),
+    "gates not renormalised": dict(
+        q_lora_rank=24, n_group=4, topk_group=2, first_k_dense_replace=1, norm_topk_prob=False
+    ),
 }
 
 # DeepSeek-V2's router: softmax scores, no bias, gates never renormalised, times routed_scaling_factor.
 V2_CONFIGS = {
     # V2 proper: compressed queries, groups ranked by their best score (V2 §2.2.2), top 2 of 4 kept
     "V2: q-lora, group_limited_greedy 4 groups of 2": dict(
-        q_lora_rank=24, topk_method="group_limited_greedy", n_group=4, topk_group=2,
-        first_k_dense_replace=1, routed_scaling_factor=16.0),
+        q_lora_rank=24,
+        topk_method="group_limited_greedy",
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=1,
+        routed_scaling_factor=16.0,
+    ),
     # V2-Lite: no query compression, a plain top-k over all experts
     "V2-Lite: no q compression, greedy, 2 shared": dict(
-        q_lora_rank=None, topk_method="greedy", n_group=1, topk_group=1, first_k_dense_replace=1,
-        n_shared_experts=2, num_experts_per_tok=3),
+        q_lora_rank=None,
+        topk_method="greedy",
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=1,
+        n_shared_experts=2,
+        num_experts_per_tok=3,
+    ),
 }
 
 
 def _hf_model(overrides: dict, folder, family: str = "v3"):
-    torch = pytest.importorskip("torch", reason="the parity extra is not installed: pip install 'minids[parity]'")
+    torch = pytest.importorskip(
+        "torch", reason="the parity extra is not installed: pip install 'minids[parity]'"
+    )
     transformers = pytest.importorskip("transformers", reason="pip install 'minids[parity]'")
-    fields = dict(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
-                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1,
-                  n_routed_experts=8, routed_scaling_factor=2.5, kv_lora_rank=16, qk_rope_head_dim=8,
-                  v_head_dim=12, qk_nope_head_dim=8, num_experts_per_tok=2, max_position_embeddings=64,
-                  rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    fields = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_shared_experts=1,
+        n_routed_experts=8,
+        routed_scaling_factor=2.5,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        v_head_dim=12,
+        qk_nope_head_dim=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+    )
     fields.update(overrides)
     if family == "v2":
         config = transformers.DeepseekV2Config(**fields)
@@ -72,7 +116,9 @@ def _hf_model(overrides: dict, folder, family: str = "v3"):
                 p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
         for layer in model.model.layers:
             if hasattr(layer.mlp, "gate") and family == "v3":
-                layer.mlp.gate.e_score_correction_bias.copy_(0.3 * torch.randn(config.n_routed_experts))
+                layer.mlp.gate.e_score_correction_bias.copy_(
+                    0.3 * torch.randn(config.n_routed_experts)
+                )
     model.save_pretrained(folder)
     return torch, model
 
@@ -143,37 +189,80 @@ def test_a_wrong_rope_pairing_would_be_caught(tmp_path):
 
 # ----------------------------------------------------------------- config checks (no torch needed)
 
-BASE = dict(model_type="deepseek_v3", vocab_size=64, hidden_size=32, intermediate_size=48,
-            moe_intermediate_size=16, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
-            n_shared_experts=1, n_routed_experts=8, routed_scaling_factor=2.5, kv_lora_rank=16,
-            q_lora_rank=24, qk_rope_head_dim=8, v_head_dim=8, qk_nope_head_dim=8, n_group=4, topk_group=2,
-            num_experts_per_tok=2, first_k_dense_replace=1, max_position_embeddings=64, rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+BASE = dict(
+    model_type="deepseek_v3",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    moe_intermediate_size=16,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    n_shared_experts=1,
+    n_routed_experts=8,
+    routed_scaling_factor=2.5,
+    kv_lora_rank=16,
+    q_lora_rank=24,
+    qk_rope_head_dim=8,
+    v_head_dim=8,
+    qk_nope_head_dim=8,
+    n_group=4,
+    topk_group=2,
+    num_experts_per_tok=2,
+    first_k_dense_replace=1,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+)
 
 
 def test_config_maps_every_field():
     cfg = config_from_hf(BASE)
-    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.vocab_size) == (32, 3, 4, 48, 64)
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.vocab_size) == (
+        32,
+        3,
+        4,
+        48,
+        64,
+    )
     assert (cfg.mla.q_lora_rank, cfg.mla.kv_lora_rank, cfg.mla.qk_rope_head_dim) == (24, 16, 8)
     m = cfg.moe
-    assert (m.n_routed_experts, m.n_shared_experts, m.experts_per_token, m.expert_ffn_dim) == (8, 1, 2, 16)
-    assert (m.gate, m.route_scale, m.n_groups, m.groups_per_token, m.n_dense_layers) == ("sigmoid", 2.5, 4, 2, 1)
+    assert (m.n_routed_experts, m.n_shared_experts, m.experts_per_token, m.expert_ffn_dim) == (
+        8,
+        1,
+        2,
+        16,
+    )
+    assert (m.gate, m.route_scale, m.n_groups, m.groups_per_token, m.n_dense_layers) == (
+        "sigmoid",
+        2.5,
+        4,
+        2,
+        1,
+    )
     assert m.uses_bias and not cfg.tie_embeddings
     assert config_from_hf({**BASE, "q_lora_rank": None}).mla.q_lora_rank == 0
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("rope_parameters", {"rope_type": "yarn", "factor": 40.0, "rope_theta": 1e4}, "rope scaling"),
-    ("rope_scaling", {"type": "yarn", "factor": 40.0}, "rope scaling"),
-    ("attention_bias", True, "attention_bias"),
-    ("norm_topk_prob", "yes", "norm_topk_prob"),
-    ("mlp_bias", True, "mlp_bias"),
-    ("moe_layer_freq", 2, "moe_layer_freq"),
-    ("hidden_act", "gelu", "hidden_act"),
-    ("num_key_value_heads", 2, "num_key_value_heads"),
-    ("model_type", "llama", "model_type"),
-    ("scoring_func", "softmax", "scoring_func"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        (
+            "rope_parameters",
+            {"rope_type": "yarn", "factor": 40.0, "rope_theta": 1e4},
+            "rope scaling",
+        ),
+        ("rope_scaling", {"type": "yarn", "factor": 40.0}, "rope scaling"),
+        ("attention_bias", True, "attention_bias"),
+        ("norm_topk_prob", "yes", "norm_topk_prob"),
+        ("mlp_bias", True, "mlp_bias"),
+        ("moe_layer_freq", 2, "moe_layer_freq"),
+        ("hidden_act", "gelu", "hidden_act"),
+        ("num_key_value_heads", 2, "num_key_value_heads"),
+        ("model_type", "llama", "model_type"),
+        ("scoring_func", "softmax", "scoring_func"),
+    ],
+)
 def test_unsupported_settings_raise_naming_them(field, value, message):
     with pytest.raises(ValueError, match=message):
         config_from_hf({**BASE, field: value})
@@ -185,17 +274,39 @@ def test_v3_gates_may_skip_renormalisation():
     assert m.norm_topk_prob is False and not m.renormalizes and m.route_scale == 2.5
 
 
-V2_BASE = {**BASE, "model_type": "deepseek_v2", "topk_method": "group_limited_greedy",
-           "routed_scaling_factor": 16.0, "norm_topk_prob": False}
+V2_BASE = {
+    **BASE,
+    "model_type": "deepseek_v2",
+    "topk_method": "group_limited_greedy",
+    "routed_scaling_factor": 16.0,
+    "norm_topk_prob": False,
+}
 
 
 def test_v2_config_maps_every_field():
     cfg = config_from_hf(V2_BASE)
-    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.vocab_size) == (32, 3, 4, 48, 64)
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.vocab_size) == (
+        32,
+        3,
+        4,
+        48,
+        64,
+    )
     assert (cfg.mla.q_lora_rank, cfg.mla.kv_lora_rank, cfg.mla.qk_rope_head_dim) == (24, 16, 8)
     m = cfg.moe
-    assert (m.n_routed_experts, m.n_shared_experts, m.experts_per_token, m.expert_ffn_dim) == (8, 1, 2, 16)
-    assert (m.gate, m.route_scale, m.n_groups, m.groups_per_token, m.n_dense_layers) == ("softmax", 16.0, 4, 2, 1)
+    assert (m.n_routed_experts, m.n_shared_experts, m.experts_per_token, m.expert_ffn_dim) == (
+        8,
+        1,
+        2,
+        16,
+    )
+    assert (m.gate, m.route_scale, m.n_groups, m.groups_per_token, m.n_dense_layers) == (
+        "softmax",
+        16.0,
+        4,
+        2,
+        1,
+    )
     assert not m.uses_bias and not m.renormalizes and m.balancing == "aux_loss"
     assert config_from_hf({**V2_BASE, "seq_aux": True}).moe.balancing == "seq_aux_loss"
     # greedy ignores the groups; V2-Lite has no query compression
@@ -203,17 +314,23 @@ def test_v2_config_maps_every_field():
     assert (lite.moe.n_groups, lite.moe.groups_per_token, lite.mla.q_lora_rank) == (1, 1, 0)
     # the family can be told by the class name alone
     by_class = {k: v for k, v in V2_BASE.items() if k != "model_type"}
-    assert config_from_hf({**by_class, "architectures": ["DeepseekV2ForCausalLM"]}).moe.gate == "softmax"
+    assert (
+        config_from_hf({**by_class, "architectures": ["DeepseekV2ForCausalLM"]}).moe.gate
+        == "softmax"
+    )
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("topk_method", "noaux_tc", "topk_method.*'greedy' or 'group_limited_greedy'"),
-    ("norm_topk_prob", True, "norm_topk_prob"),
-    ("scoring_func", "sigmoid", "scoring_func"),
-    ("n_group", None, "n_group"),
-    ("rope_scaling", {"type": "yarn", "factor": 40.0}, "rope scaling"),
-    ("mlp_bias", True, "mlp_bias"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("topk_method", "noaux_tc", "topk_method.*'greedy' or 'group_limited_greedy'"),
+        ("norm_topk_prob", True, "norm_topk_prob"),
+        ("scoring_func", "sigmoid", "scoring_func"),
+        ("n_group", None, "n_group"),
+        ("rope_scaling", {"type": "yarn", "factor": 40.0}, "rope scaling"),
+        ("mlp_bias", True, "mlp_bias"),
+    ],
+)
 def test_v2_unsupported_settings_raise_naming_them(field, value, message):
     with pytest.raises(ValueError, match=message):
         config_from_hf({**V2_BASE, field: value})

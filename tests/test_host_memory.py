@@ -44,8 +44,13 @@ print(applied, faults[0])
 
 def _probe(call: bool, keep: str = "1") -> tuple[bool | None, int]:
     env = {**os.environ, "MINIDS_KEEP_FREED_MEMORY": keep}
-    out = subprocess.run([sys.executable, "-c", PROBE, "call" if call else "import-only"], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, "call" if call else "import-only"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return {"True": True, "False": False, "None": None}[out[0]], int(out[1])
 
 
@@ -57,13 +62,17 @@ RETURNED = 32
 def test_import_minids_leaves_malloc_alone_so_freed_memory_goes_back_to_the_system():
     applied, faults = _probe(call=False)
     assert applied is None
-    assert faults >= RETURNED, f"only {faults} page faults re-touching 64 MiB: import minids kept it"
+    assert faults >= RETURNED, (
+        f"only {faults} page faults re-touching 64 MiB: import minids kept it"
+    )
 
 
 def test_keep_freed_memory_reuses_freed_memory_without_page_faults():
     applied, faults = _probe(call=True)
     assert applied is True
-    assert faults < 200, f"{faults} page faults re-touching 64 MiB (16,384 pages): memory was not kept"
+    assert faults < 200, (
+        f"{faults} page faults re-touching 64 MiB (16,384 pages): memory was not kept"
+    )
     _, faults_default = _probe(call=False)
     assert faults_default > 10 * max(faults, 1), (faults_default, faults)
 

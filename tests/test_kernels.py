@@ -104,8 +104,9 @@ def test_fast_attention_gives_the_reference_uniform_average_for_a_fully_masked_r
     q, k, v = _qkv(B=1, T=3)
     mask = jnp.zeros((1, 3, 3), bool).at[:, 1:].set(attention_mask(2, 3, offset=1)[0])
     fast = cpu_attention(q, k, v, mask)
-    np.testing.assert_allclose(np.asarray(fast), np.asarray(dot_product_attention(q, k, v, mask)),
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(fast), np.asarray(dot_product_attention(q, k, v, mask)), atol=ATOL
+    )
     assert bool(jnp.all(jnp.isfinite(fast)))
 
 
@@ -121,20 +122,24 @@ def test_fast_attention_in_bfloat16_is_as_close_to_float32_as_the_reference():
         pick = (lambda r: r[0]) if i == 0 else (lambda r, i=i: r[1][i - 1])
         err_fast = np.max(np.abs(pick(fast) - pick(exact)))
         err_slow = np.max(np.abs(pick(slow) - pick(exact)))
-        assert err_fast <= 1.5 * err_slow + 1e-3, f"{what}: fast {err_fast:.3g}, reference {err_slow:.3g}"
+        assert err_fast <= 1.5 * err_slow + 1e-3, (
+            f"{what}: fast {err_fast:.3g}, reference {err_slow:.3g}"
+        )
 
 
 # ------------------------------------------------------------------ blockwise_causal_attention
 
 
 @pytest.mark.parametrize("n_blocks", [1, 2, 4])
-@pytest.mark.parametrize("attend", [dot_product_attention, cpu_attention],
-                         ids=["reference", "fast"])
+@pytest.mark.parametrize(
+    "attend", [dot_product_attention, cpu_attention], ids=["reference", "fast"]
+)
 def test_blockwise_causal_attention_matches_full_causal_attention(n_blocks, attend):
     q, k, v = _qkv(B=2, T=24, N=4, M=2)
     mask = attention_mask(24, 24)
-    blocks = _value_and_grads(lambda q, k, v: blockwise_causal_attention(q, k, v, n_blocks, attend),
-                              q, k, v)
+    blocks = _value_and_grads(
+        lambda q, k, v: blockwise_causal_attention(q, k, v, n_blocks, attend), q, k, v
+    )
     ref = _value_and_grads(lambda q, k, v: dot_product_attention(q, k, v, mask), q, k, v)
     _assert_same(blocks, ref, f"{n_blocks} blocks")
 
@@ -146,7 +151,16 @@ def test_blockwise_causal_attention_rejects_blocks_that_do_not_divide_the_sequen
 
 
 def test_causal_blocks_are_at_least_64_rows_and_at_most_8():
-    assert [causal_blocks(T) for T in (32, 64, 96, 128, 200, 256, 512, 4096)] == [1, 1, 1, 2, 2, 4, 8, 8]
+    assert [causal_blocks(T) for T in (32, 64, 96, 128, 200, 256, 512, 4096)] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        4,
+        8,
+        8,
+    ]
 
 
 def test_causal_attention_kernel_of_a_long_sequence_takes_the_blockwise_path_and_matches():
@@ -166,7 +180,9 @@ def test_xla_route_for_gpu_and_tpu_matches_the_plain_form(value_dim):
     _assert_same(fast, ref, f"xla, Hv={value_dim}")
 
 
-def test_the_training_attention_choice_is_the_kernel_and_the_plain_form_trains_the_same(monkeypatch):
+def test_the_training_attention_choice_is_the_kernel_and_the_plain_form_trains_the_same(
+    monkeypatch,
+):
     """`TRAINING_ATTENTION` is the one line that picks the kernel; setting it to the plain form gives
     the same loss and gradients, so a student can run the model on the code they read."""
     assert attention.TRAINING_ATTENTION is causal_attention
@@ -182,7 +198,9 @@ def test_the_training_attention_choice_is_the_kernel_and_the_plain_form_trains_t
     monkeypatch.setattr(attention, "TRAINING_ATTENTION", causal_self_attention)
     plain = _param_grads(model, loss)
     for a, b in zip(with_kernel, plain, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b))))
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b)))
+        )
 
 
 # ----------------------------------------------------------- the module and the model, end to end
@@ -217,19 +235,31 @@ def test_attention_training_path_matches_the_masked_reference_path(T):
     g_fast = _param_grads(layer, lambda m: jnp.sum(m(x, positions)[0] ** 2))
     g_ref = _param_grads(layer, lambda m: jnp.sum(m(x, positions, key_mask=everything)[0] ** 2))
     for a, b in zip(g_fast, g_ref, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b))))
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b)))
+        )
 
 
 def test_transformer_logits_and_loss_gradients_match_the_reference_path():
-    cfg = preset("tiny", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=64,
-                 max_seq_len=128)
+    cfg = preset(
+        "tiny",
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        ffn_dim=64,
+        max_seq_len=128,
+    )
     model = Transformer(cfg)
     tokens = jnp.asarray(np.random.default_rng(0).integers(3, 99, (2, 128)), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(128), (2, 128))
     everything = jnp.ones((2, 128), bool)
-    np.testing.assert_allclose(np.asarray(_apply(model, lambda m: m(tokens))),
-                               np.asarray(_apply(model, lambda m: m(tokens, positions, everything))),
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(_apply(model, lambda m: m(tokens))),
+        np.asarray(_apply(model, lambda m: m(tokens, positions, everything))),
+        atol=ATOL,
+    )
 
     def loss(m, key_mask):
         logits = m(tokens, positions, key_mask)
@@ -238,7 +268,9 @@ def test_transformer_logits_and_loss_gradients_match_the_reference_path():
     g_fast = _param_grads(model, lambda m: loss(m, None))
     g_ref = _param_grads(model, lambda m: loss(m, everything))
     for a, b in zip(g_fast, g_ref, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b))))
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b)))
+        )
 
 
 def test_swiglu_on_flattened_tokens_matches_the_three_dimensional_formula():
@@ -253,4 +285,6 @@ def test_swiglu_on_flattened_tokens_matches_the_three_dimensional_formula():
     g_fast = _param_grads(ffn, lambda m: jnp.sum(m(x) ** 2))
     g_ref = _param_grads(ffn, lambda m: jnp.sum(three_d(m) ** 2))
     for a, b in zip(g_fast, g_ref, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b))))
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), atol=GRAD_RTOL * float(jnp.max(jnp.abs(b)))
+        )

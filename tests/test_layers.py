@@ -60,7 +60,9 @@ def test_rope_dot_product_changes_when_the_relative_position_changes():
 def test_rope_preserves_the_norm_of_every_head(position):
     x = RNG.standard_normal((1, 1, 4, H)).astype(np.float32)
     rotated = _rope_at(x, position)
-    np.testing.assert_allclose(np.linalg.norm(rotated, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(rotated, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5
+    )
 
 
 def test_rope_at_position_zero_is_the_identity_and_keeps_the_dtype():
@@ -73,7 +75,9 @@ def test_rope_at_position_zero_is_the_identity_and_keeps_the_dtype():
 def test_rope_angles_have_one_frequency_per_channel_pair():
     angles = rope_angles(jnp.array([[0, 1, 2]]), head_dim=8, theta=100.0)
     assert angles.shape == (1, 3, 4)
-    np.testing.assert_allclose(np.asarray(angles[0, 1]), 100.0 ** (-np.arange(0, 8, 2) / 8), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(angles[0, 1]), 100.0 ** (-np.arange(0, 8, 2) / 8), rtol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(angles[0, 2]), 2 * np.asarray(angles[0, 1]), rtol=1e-6)
 
 
@@ -120,7 +124,9 @@ def test_embedding_attend_is_the_transposed_table():
     table = np.asarray(emb.embed.embedding[...])
     np.testing.assert_array_equal(np.asarray(emb(jnp.array([[3, 5]]))), table[[[3, 5]]])
     x = RNG.standard_normal((1, 2, 8)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(emb.attend(jnp.asarray(x))), x @ table.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(emb.attend(jnp.asarray(x))), x @ table.T, rtol=1e-5, atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------- attention
@@ -145,7 +151,9 @@ def test_dot_product_attention_matches_the_reference(n_kv_heads):
     v = RNG.standard_normal((B, T, n_kv_heads, Hd))
     mask = np.asarray(attention_mask(T, T))
     mask = np.broadcast_to(mask, (B, T, T))
-    got = dot_product_attention(*(jnp.asarray(a, jnp.float32) for a in (q, k, v)), jnp.asarray(mask))
+    got = dot_product_attention(
+        *(jnp.asarray(a, jnp.float32) for a in (q, k, v)), jnp.asarray(mask)
+    )
     np.testing.assert_allclose(np.asarray(got), _reference_attention(q, k, v, mask), atol=1e-5)
 
 

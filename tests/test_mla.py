@@ -35,8 +35,9 @@ from minids.train import TrainConfig, load_checkpoint, make_optimizer, save_chec
 
 ATOL = 1e-5
 # Hn (16) != Hv (8) != R (8) and C (16) differs from all of them, so a mixed-up axis cannot hide.
-MLA_CFG = MLAConfig(q_lora_rank=0, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8,
-                    v_head_dim=8)
+MLA_CFG = MLAConfig(
+    q_lora_rank=0, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=8
+)
 
 
 @pytest.fixture(scope="module", params=[0, 24], ids=["no-q-compression", "q-lora-24"])
@@ -66,12 +67,14 @@ def _decode_step_by_step(model, seq, prompt_len):
     B, T = seq.shape
     cache = model.init_cache(B, T)
     pos = np.broadcast_to(np.arange(T), (B, T))
-    logits, cache = _forward_cached(model, seq[:, :prompt_len], pos[:, :prompt_len], cache,
-                                    jnp.ones((B, prompt_len), bool))
+    logits, cache = _forward_cached(
+        model, seq[:, :prompt_len], pos[:, :prompt_len], cache, jnp.ones((B, prompt_len), bool)
+    )
     out = [logits]
     for t in range(prompt_len, T):
-        step, cache = _forward_cached(model, seq[:, t : t + 1], pos[:, t : t + 1], cache,
-                                      jnp.ones((B, 1), bool))
+        step, cache = _forward_cached(
+            model, seq[:, t : t + 1], pos[:, t : t + 1], cache, jnp.ones((B, 1), bool)
+        )
         out.append(step)
     return np.concatenate([np.asarray(x) for x in out], axis=1), cache
 
@@ -81,8 +84,15 @@ def _decode_step_by_step(model, seq, prompt_len):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("q_lora_rank", -1), ("kv_lora_rank", 0), ("qk_nope_head_dim", 2.5), ("qk_rope_head_dim", 7),
-     ("v_head_dim", 0), ("decode", "fast"), ("kv_lora_rank", True)],
+    [
+        ("q_lora_rank", -1),
+        ("kv_lora_rank", 0),
+        ("qk_nope_head_dim", 2.5),
+        ("qk_rope_head_dim", 7),
+        ("v_head_dim", 0),
+        ("decode", "fast"),
+        ("kv_lora_rank", True),
+    ],
 )
 def test_bad_mla_config_raises_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"mla.{field}"):
@@ -95,7 +105,9 @@ def test_model_config_rejects_an_mla_field_of_the_wrong_type(cfg):
 
 
 def test_softmax_scale_counts_the_nope_and_rope_channels():
-    assert MLAConfig(qk_nope_head_dim=128, qk_rope_head_dim=64).softmax_scale == pytest.approx(192**-0.5)
+    assert MLAConfig(qk_nope_head_dim=128, qk_rope_head_dim=64).softmax_scale == pytest.approx(
+        192**-0.5
+    )
 
 
 def test_attention_kind_is_read_from_the_config(cfg, mcfg):
@@ -159,7 +171,7 @@ def test_left_padding_with_a_key_mask_changes_nothing(mcfg):
     padded = np.asarray(model(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask)))
     for b, seq in enumerate(seqs):
         alone = np.asarray(model(jnp.asarray([seq])))[0]
-        np.testing.assert_allclose(padded[b, -len(seq):], alone, atol=ATOL)
+        np.testing.assert_allclose(padded[b, -len(seq) :], alone, atol=ATOL)
 
 
 def test_changing_a_token_never_changes_the_logits_before_it(mcfg):
@@ -182,8 +194,14 @@ def _random(shape, seed):
 
 def test_absorbed_scores_equal_the_naive_scores():
     B, T, S, N, Hn, R, C = 2, 3, 7, 4, 16, 8, 12
-    args = (_random((B, T, N, Hn), 0), _random((B, T, N, R), 1), _random((B, S, C), 2),
-            _random((B, S, R), 3), _random((C, N, Hn), 4), 0.2)
+    args = (
+        _random((B, T, N, Hn), 0),
+        _random((B, T, N, R), 1),
+        _random((B, S, C), 2),
+        _random((B, S, R), 3),
+        _random((C, N, Hn), 4),
+        0.2,
+    )
     np.testing.assert_allclose(absorbed_scores(*args), naive_scores(*args), rtol=1e-5, atol=1e-5)
 
 
@@ -193,8 +211,15 @@ def test_latent_kv_is_what_the_module_caches(mcfg):
     x = _random((2, 5, mcfg.d_model), 5)
     positions = jnp.broadcast_to(jnp.arange(5) + 3, (2, 5))
     _, cache = attn(x, positions, cache=attn.init_cache(2, 8), index=3)
-    c_kv, k_rope = latent_kv(x, attn.wkv_a.kernel[...], attn.kv_norm.scale[...], positions,
-                             mcfg.mla.kv_lora_rank, mcfg.rope_theta, 1e-6)
+    c_kv, k_rope = latent_kv(
+        x,
+        attn.wkv_a.kernel[...],
+        attn.kv_norm.scale[...],
+        positions,
+        mcfg.mla.kv_lora_rank,
+        mcfg.rope_theta,
+        1e-6,
+    )
     np.testing.assert_allclose(cache["c_kv"][:, 3:], c_kv, atol=1e-6)
     np.testing.assert_allclose(cache["k_rope"][:, 3:], k_rope, atol=1e-6)
     assert not np.any(cache["c_kv"][:, :3]) and not np.any(cache["c_kv"][:, 8:])
@@ -210,8 +235,14 @@ def test_decoupled_rope_scores_depend_only_on_the_position_difference(mcfg):
         positions = jnp.arange(6)[None] + offset
         _, q_rope = attn.queries(tokens, positions)
         kv = jnp.einsum("BTD,DK->BTK", x, attn.wkv_a.kernel[...])
-        _, k_rope = latent_kv(x, attn.wkv_a.kernel[...], attn.kv_norm.scale[...], positions,
-                              mcfg.mla.kv_lora_rank, mcfg.rope_theta)
+        _, k_rope = latent_kv(
+            x,
+            attn.wkv_a.kernel[...],
+            attn.kv_norm.scale[...],
+            positions,
+            mcfg.mla.kv_lora_rank,
+            mcfg.rope_theta,
+        )
         assert kv.shape[-1] == mcfg.mla.kv_lora_rank + mcfg.mla.qk_rope_head_dim
         return jnp.einsum("BTNR,BSR->BNTS", q_rope, k_rope)
 
@@ -239,8 +270,11 @@ def test_fast_causal_attention_handles_a_value_width_and_scale_of_its_own():
     fast = lambda q, k, v: causal_attention(q, k, v, 0.3)  # noqa: E731
     ref = lambda q, k, v: dot_product_attention(q, k, v, mask, 0.3)  # noqa: E731
     np.testing.assert_allclose(fast(q, k, v), ref(q, k, v), atol=1e-5)
-    for g_fast, g_ref in zip(jax.grad(loss(fast), argnums=(0, 1, 2))(q, k, v),
-                             jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v), strict=True):
+    for g_fast, g_ref in zip(
+        jax.grad(loss(fast), argnums=(0, 1, 2))(q, k, v),
+        jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v),
+        strict=True,
+    ):
         np.testing.assert_allclose(g_fast, g_ref, atol=1e-4)
 
 
@@ -253,8 +287,11 @@ def test_count_params_equals_the_hand_count(mcfg):
         query = D * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * N * m.qk_head_dim
     else:
         query = D * N * m.qk_head_dim
-    kv = D * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank \
+    kv = (
+        D * (m.kv_lora_rank + m.qk_rope_head_dim)
+        + m.kv_lora_rank
         + m.kv_lora_rank * N * (m.qk_nope_head_dim + m.v_head_dim)
+    )
     attention = query + kv + N * m.v_head_dim * D
     V, F = mcfg.vocab_size, mcfg.ffn_dim
     expected = V * D + L * (attention + 3 * D * F + 2 * D) + D + D * V
@@ -262,7 +299,9 @@ def test_count_params_equals_the_hand_count(mcfg):
 
 
 def test_a_training_step_lowers_the_loss(mcfg):
-    examples = generate_splits(seed=0, sizes={"train": 8, "val": 0, "test": 0}, tasks=["add"])["train"]
+    examples = generate_splits(seed=0, sizes={"train": 8, "val": 0, "test": 0}, tasks=["add"])[
+        "train"
+    ]
     arrays = encode_examples(examples, CharTokenizer(), mcfg.max_seq_len)
     batch = {k: jnp.asarray(v) for k, v in arrays.items()}
     model = Transformer(mcfg)
@@ -295,9 +334,19 @@ def _paper_config(**fields):
 
 def test_accounting_reproduces_the_papers_kv_cache_table():
     """PAPER_NUMBERS.md §2 (bf16, decimal KB): V3 70.272, Qwen-2.5 72B 327.680, LLaMA-3.1 405B 516.096."""
-    v3 = _paper_config(n_layers=61, n_heads=128, n_kv_heads=128, head_dim=128,
-                       mla=MLAConfig(q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
-                                     qk_rope_head_dim=64, v_head_dim=128))
+    v3 = _paper_config(
+        n_layers=61,
+        n_heads=128,
+        n_kv_heads=128,
+        head_dim=128,
+        mla=MLAConfig(
+            q_lora_rank=1536,
+            kv_lora_rank=512,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+        ),
+    )
     qwen = _paper_config(n_layers=80, n_heads=64, n_kv_heads=8, head_dim=128)
     llama = _paper_config(n_layers=126, n_heads=128, n_kv_heads=8, head_dim=128)
     assert kv_cache_bytes_per_token(v3) == 70_272

@@ -72,9 +72,15 @@ def test_changing_a_token_never_changes_the_logits_before_it(model):
     logits = np.asarray(_forward(model, jnp.asarray(np.concatenate([base[None], variants]))))
     ref, changed = logits[0], logits[1:]
     for t in range(T - 1):
-        np.testing.assert_allclose(changed[t, : t + 1], ref[: t + 1], atol=1e-6,
-                                   err_msg=f"changing token {t + 1} changed logits at positions <= {t}")
-        assert np.abs(changed[t, t + 1] - ref[t + 1]).max() > 1e-4, "the changed token had no effect"
+        np.testing.assert_allclose(
+            changed[t, : t + 1],
+            ref[: t + 1],
+            atol=1e-6,
+            err_msg=f"changing token {t + 1} changed logits at positions <= {t}",
+        )
+        assert np.abs(changed[t, t + 1] - ref[t + 1]).max() > 1e-4, (
+            "the changed token had no effect"
+        )
 
 
 def test_same_seed_gives_the_same_weights_and_a_different_seed_does_not(cfg):
@@ -101,12 +107,15 @@ def _decode_step_by_step(model, prompt, continuation):
     C = continuation.shape[1]
     cache = model.init_cache(B, P + C)
     positions = jnp.broadcast_to(jnp.arange(P), (B, P))
-    logits, cache = _forward_cached(model, jnp.asarray(prompt), positions, cache, jnp.ones((B, P), bool))
+    logits, cache = _forward_cached(
+        model, jnp.asarray(prompt), positions, cache, jnp.ones((B, P), bool)
+    )
     out = [logits]
     for i in range(C):
         pos = jnp.full((B, 1), P + i)
-        step, cache = _forward_cached(model, jnp.asarray(continuation[:, i : i + 1]), pos, cache,
-                                      jnp.ones((B, 1), bool))
+        step, cache = _forward_cached(
+            model, jnp.asarray(continuation[:, i : i + 1]), pos, cache, jnp.ones((B, 1), bool)
+        )
         out.append(step)
     assert int(cache.index) == P + C
     return np.concatenate([np.asarray(x) for x in out], axis=1)
@@ -131,24 +140,34 @@ def test_kv_cache_decode_of_left_padded_prompts_matches_each_unpadded_forward(mo
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
 
     cache = model.init_cache(B, P + n_new)
-    logits, cache = _forward_cached(model, jnp.asarray(tokens), jnp.asarray(positions), cache,
-                                    jnp.asarray(mask))
+    logits, cache = _forward_cached(
+        model, jnp.asarray(tokens), jnp.asarray(positions), cache, jnp.asarray(mask)
+    )
     last_prompt_logits = np.asarray(logits[:, -1])
     step_logits = []
     for i in range(n_new):
         new = np.array([[s[n + i]] for s, n in zip(seqs, lengths, strict=True)], np.int32)
         pos = np.array([[n + i] for n in lengths], np.int32)
-        logits, cache = _forward_cached(model, jnp.asarray(new), jnp.asarray(pos), cache,
-                                        jnp.ones((B, 1), bool))
+        logits, cache = _forward_cached(
+            model, jnp.asarray(new), jnp.asarray(pos), cache, jnp.ones((B, 1), bool)
+        )
         step_logits.append(np.asarray(logits[:, 0]))
 
     alone_logits = _logits_alone(model, seqs, width=12)
     for b, (alone, n) in enumerate(zip(alone_logits, lengths, strict=True)):
-        np.testing.assert_allclose(last_prompt_logits[b], alone[n - 1], atol=ATOL,
-                                   err_msg=f"prompt {b} (length {n}): prefill logits")
+        np.testing.assert_allclose(
+            last_prompt_logits[b],
+            alone[n - 1],
+            atol=ATOL,
+            err_msg=f"prompt {b} (length {n}): prefill logits",
+        )
         for i in range(n_new - 1):
-            np.testing.assert_allclose(step_logits[i][b], alone[n + i], atol=ATOL,
-                                       err_msg=f"prompt {b} (length {n}): decode step {i}")
+            np.testing.assert_allclose(
+                step_logits[i][b],
+                alone[n + i],
+                atol=ATOL,
+                err_msg=f"prompt {b} (length {n}): decode step {i}",
+            )
 
 
 def test_full_forward_with_left_padding_and_key_mask_matches_unpadded(model):
@@ -156,8 +175,9 @@ def test_full_forward_with_left_padding_and_key_mask_matches_unpadded(model):
     seqs = [_tokens((n,), seed=20 + n).tolist() for n in (2, 8, 5)]
     tokens, mask = left_pad(seqs, pad_id=0)
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    logits = np.asarray(_forward_masked(model, jnp.asarray(tokens), jnp.asarray(positions),
-                                        jnp.asarray(mask)))
+    logits = np.asarray(
+        _forward_masked(model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
+    )
     for b, (seq, alone) in enumerate(zip(seqs, _logits_alone(model, seqs, width=12), strict=True)):
         np.testing.assert_allclose(logits[b, -len(seq) :], alone, atol=ATOL)
 
@@ -173,8 +193,15 @@ def test_cache_holds_keys_and_values_of_every_layer(cfg, model):
 
 
 def _hand_count(cfg, tied: bool) -> int:
-    V, D, L, N, M, H, F = (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
-                           cfg.head_dim, cfg.ffn_dim)
+    V, D, L, N, M, H, F = (
+        cfg.vocab_size,
+        cfg.d_model,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.ffn_dim,
+    )
     attention = D * N * H + 2 * D * M * H + N * H * D  # wq, wk, wv, wo (no biases)
     ffn = 3 * D * F  # gate, up, down
     norms = 2 * D  # before attention and before the FFN
@@ -184,8 +211,16 @@ def _hand_count(cfg, tied: bool) -> int:
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_count_params_equals_the_hand_count(cfg, tied):
-    small = cfg.replace(tie_embeddings=tied, vocab_size=50, d_model=12, n_heads=6, n_kv_heads=3,
-                        head_dim=4, ffn_dim=20, n_layers=3)
+    small = cfg.replace(
+        tie_embeddings=tied,
+        vocab_size=50,
+        d_model=12,
+        n_heads=6,
+        n_kv_heads=3,
+        head_dim=4,
+        ffn_dim=20,
+        n_layers=3,
+    )
     abstract = nnx.eval_shape(lambda: Transformer(small))  # shapes only: nothing to initialise
     assert count_params(abstract) == _hand_count(small, tied)
 

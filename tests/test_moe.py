@@ -37,7 +37,9 @@ RNG = np.random.default_rng(0)
 
 
 def scores_like(T: int, E: int, seed: int = 0) -> jax.Array:
-    return jax.nn.sigmoid(jnp.asarray(np.random.default_rng(seed).standard_normal((T, E)), jnp.float32))
+    return jax.nn.sigmoid(
+        jnp.asarray(np.random.default_rng(seed).standard_normal((T, E)), jnp.float32)
+    )
 
 
 def expert_weights(E: int, D: int, F: int, seed: int = 0):
@@ -47,8 +49,9 @@ def expert_weights(E: int, D: int, F: int, seed: int = 0):
 
 
 def model_cfg(**moe_fields) -> ModelConfig:
-    moe = MoEConfig(**{"n_routed_experts": 8, "experts_per_token": 2, "expert_ffn_dim": 16,
-                       **moe_fields})
+    moe = MoEConfig(
+        **{"n_routed_experts": 8, "experts_per_token": 2, "expert_ffn_dim": 16, **moe_fields}
+    )
     return ModelConfig(d_model=32, n_layers=2, moe=moe)
 
 
@@ -58,8 +61,13 @@ def model_cfg(**moe_fields) -> ModelConfig:
 @pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("groups", [(1, 1), (4, 2)])
 def test_each_token_gets_exactly_k_distinct_experts(gate, groups):
-    cfg = MoEConfig(n_routed_experts=8, experts_per_token=3, gate=gate, n_groups=groups[0],
-                    groups_per_token=groups[1])
+    cfg = MoEConfig(
+        n_routed_experts=8,
+        experts_per_token=3,
+        gate=gate,
+        n_groups=groups[0],
+        groups_per_token=groups[1],
+    )
     logits = jnp.asarray(RNG.standard_normal((50, 8)), jnp.float32)
     indices, gates = select_experts(router_scores(logits, gate), jnp.zeros(8), cfg)
     assert indices.shape == gates.shape == (50, 3)
@@ -132,16 +140,23 @@ def test_sigmoid_topk_router_is_select_experts_without_groups():
     logits = jnp.asarray(RNG.standard_normal((10, 6)), jnp.float32)
     bias = jnp.asarray(RNG.normal(0, 0.3, 6), jnp.float32)
     got = sigmoid_topk_router(logits, bias, 2, route_scale=2.0)
-    want = select_experts(jax.nn.sigmoid(logits), bias,
-                          MoEConfig(n_routed_experts=6, experts_per_token=2, route_scale=2.0))
+    want = select_experts(
+        jax.nn.sigmoid(logits),
+        bias,
+        MoEConfig(n_routed_experts=6, experts_per_token=2, route_scale=2.0),
+    )
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_router_scores_and_bad_input():
     logits = jnp.asarray([[0.0, math.log(3.0)]])
-    np.testing.assert_allclose(np.asarray(router_scores(logits, "softmax")), [[0.25, 0.75]], rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(router_scores(logits, "sigmoid")), [[0.5, 0.75]], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(router_scores(logits, "softmax")), [[0.25, 0.75]], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(router_scores(logits, "sigmoid")), [[0.5, 0.75]], rtol=1e-6
+    )
     with pytest.raises(ValueError, match="gate"):
         router_scores(logits, "relu")
     with pytest.raises(ValueError, match="n_routed_experts"):
@@ -204,8 +219,9 @@ def test_aux_free_updates_move_a_skewed_load_toward_balance():
 
 
 def test_expert_load_and_capacity():
-    np.testing.assert_allclose(np.asarray(expert_load(jnp.asarray([[0, 1], [0, 2]]), 4)),
-                               [0.5, 0.25, 0.25, 0.0])
+    np.testing.assert_allclose(
+        np.asarray(expert_load(jnp.asarray([[0, 1], [0, 2]]), 4)), [0.5, 0.25, 0.25, 0.0]
+    )
     assert expert_capacity(100, MoEConfig()) is None
     assert expert_capacity(100, MoEConfig(capacity_factor=1.0)) == 25  # 1.0 * 100 * 2 / 8
     assert expert_capacity(10, MoEConfig(capacity_factor=1.1)) == 3  # ceil(2.75)
@@ -214,8 +230,11 @@ def test_expert_load_and_capacity():
 # -------------------------------------------------------------------------------------- dispatch
 
 
-@pytest.mark.parametrize("dispatch", [dispatch_reference, dispatch_blocks, dispatch_ragged],
-                         ids=["reference", "blocks", "ragged"])
+@pytest.mark.parametrize(
+    "dispatch",
+    [dispatch_reference, dispatch_blocks, dispatch_ragged],
+    ids=["reference", "blocks", "ragged"],
+)
 def test_capacity_drops_exactly_the_hand_worked_assignments(dispatch):
     # T = 6, K = 1, E = 2, capacity factor 1.0: each expert keeps ceil(1.0 * 6 * 1 / 2) = 3.
     # Expert 0 is chosen by tokens 0, 1, 2, 3, 5: it keeps the first three and drops 3 and 5.
@@ -224,20 +243,28 @@ def test_capacity_drops_exactly_the_hand_worked_assignments(dispatch):
     indices = jnp.asarray([[0], [0], [0], [0], [1], [0]])
     gates = jnp.ones((6, 1))
     weights = expert_weights(E, D, F)
-    capacity = expert_capacity(6, MoEConfig(n_routed_experts=E, experts_per_token=1,
-                                            capacity_factor=1.0))
+    capacity = expert_capacity(
+        6, MoEConfig(n_routed_experts=E, experts_per_token=1, capacity_factor=1.0)
+    )
     dispatch = jax.jit(dispatch, static_argnames="capacity")
     y, kept = dispatch(x, indices, gates, *weights, capacity=capacity)
     assert capacity == 3
     assert np.asarray(kept)[:, 0].tolist() == [True, True, True, False, True, False]
     full, _ = dispatch(x, indices, gates, *weights)
-    np.testing.assert_allclose(np.asarray(y)[[0, 1, 2, 4]], np.asarray(full)[[0, 1, 2, 4]], atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(y)[[0, 1, 2, 4]], np.asarray(full)[[0, 1, 2, 4]], atol=1e-6
+    )
     assert not np.asarray(y)[[3, 5]].any()  # a dropped assignment contributes nothing
     # K = 2, E = 3, T = 3: capacity ceil(3 * 2 / 3) = 2. Expert 0 is chosen by tokens 0, 1, 2 and
     # drops token 2's first slot; expert 1 (tokens 0, 2) and expert 2 (token 1) keep everything.
     x3 = x[:3]
-    y2, kept2 = dispatch(x3, jnp.asarray([[0, 1], [0, 2], [0, 1]]), jnp.ones((3, 2)),
-                         *expert_weights(3, D, F), capacity=2)
+    y2, kept2 = dispatch(
+        x3,
+        jnp.asarray([[0, 1], [0, 2], [0, 1]]),
+        jnp.ones((3, 2)),
+        *expert_weights(3, D, F),
+        capacity=2,
+    )
     assert np.asarray(kept2).tolist() == [[True, True], [True, True], [False, True]]
 
 
@@ -254,8 +281,12 @@ def test_reference_dispatch_matches_a_loop_over_tokens():
             gate_h = x[t] @ w_gate[e]
             hidden = gate_h / (1 + np.exp(-gate_h)) * (x[t] @ w_up[e])
             want[t] += gates[t, k] * hidden @ w_down[e]
-    got, _ = dispatch_reference(jnp.asarray(x, jnp.float32), jnp.asarray(indices),
-                                jnp.asarray(gates, jnp.float32), *expert_weights(E, D, F))
+    got, _ = dispatch_reference(
+        jnp.asarray(x, jnp.float32),
+        jnp.asarray(indices),
+        jnp.asarray(gates, jnp.float32),
+        *expert_weights(E, D, F),
+    )
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
@@ -270,8 +301,9 @@ def _dispatch_loss(dispatch, with_capacity: bool):
     (its gradient depends on the output, as a next layer's does)."""
 
     def loss(x, gates, w_gate, w_up, w_down, indices, target, capacity):
-        y, kept = dispatch(x, indices, gates, w_gate, w_up, w_down,
-                           capacity=capacity if with_capacity else None)
+        y, kept = dispatch(
+            x, indices, gates, w_gate, w_up, w_down, capacity=capacity if with_capacity else None
+        )
         return 0.5 * jnp.sum((y - target) ** 2), kept
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
@@ -289,32 +321,42 @@ def test_dispatch_kernels_agree_with_the_reference_in_value_and_gradient(
 ):
     """The CPU kernel (blocks) and the GPU/TPU kernel (ragged_dot, run here on the CPU)."""
     T, D, F = 16, 8, 4
-    cfg = MoEConfig(n_routed_experts=n_experts, experts_per_token=top_k,
-                    capacity_factor=capacity_factor)
+    cfg = MoEConfig(
+        n_routed_experts=n_experts, experts_per_token=top_k, capacity_factor=capacity_factor
+    )
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal((T, D)), jnp.float32)
     indices, gates = select_experts(scores_like(T, n_experts, seed), jnp.zeros(n_experts), cfg)
-    args = (x, gates, *expert_weights(n_experts, D, F, seed), indices,
-            jnp.asarray(rng.standard_normal((T, D)), jnp.float32),
-            jnp.int32(expert_capacity(T, cfg) or 0))
+    args = (
+        x,
+        gates,
+        *expert_weights(n_experts, D, F, seed),
+        indices,
+        jnp.asarray(rng.standard_normal((T, D)), jnp.float32),
+        jnp.int32(expert_capacity(T, cfg) or 0),
+    )
     with_capacity = capacity_factor is not None
     (value_ref, kept_ref), grads_ref = _dispatch_loss(dispatch_reference, with_capacity)(*args)
     for kernel in (dispatch_blocks, dispatch_ragged):
         (value_fast, kept_fast), grads_fast = _dispatch_loss(kernel, with_capacity)(*args)
         assert _relative_error(value_fast, value_ref) < 1e-5, kernel.__name__
-        for name, g_fast, g_ref in zip(["x", "gates", "w_gate", "w_up", "w_down"], grads_fast,
-                                       grads_ref, strict=True):
+        for name, g_fast, g_ref in zip(
+            ["x", "gates", "w_gate", "w_up", "w_down"], grads_fast, grads_ref, strict=True
+        ):
             assert _relative_error(g_fast, g_ref) < 1e-5, f"{kernel.__name__}: d{name}"
         np.testing.assert_array_equal(np.asarray(kept_fast), np.asarray(kept_ref))
     if capacity_factor == 0.5:
         assert not np.asarray(kept_ref).all()  # some assignments were dropped
 
 
-@pytest.mark.parametrize("blocks, case", [
-    ((64, 8, 6), "every pair in its expert's slots"),
-    ((8, 4, 8), "slots, then one round of overflow blocks"),
-    ((8, 4, 3), "too much overflow for one round of R blocks: more rounds"),
-])
+@pytest.mark.parametrize(
+    "blocks, case",
+    [
+        ((64, 8, 6), "every pair in its expert's slots"),
+        ((8, 4, 8), "slots, then one round of overflow blocks"),
+        ((8, 4, 3), "too much overflow for one round of R blocks: more rounds"),
+    ],
+)
 def test_block_dispatch_agrees_with_the_reference_in_each_of_its_branches(blocks, case):
     T, K, E, D, F = 32, 2, 6, 8, 4
     C, b, R = blocks
@@ -335,7 +377,9 @@ def test_block_dispatch_agrees_with_the_reference_in_each_of_its_branches(blocks
 
     fast = functools.partial(dispatch_blocks, blocks=blocks)
     got = jax.jit(jax.value_and_grad(functools.partial(loss, fast), argnums=(0, 1, 2, 3, 4)))
-    want = jax.jit(jax.value_and_grad(functools.partial(loss, dispatch_reference), argnums=(0, 1, 2, 3, 4)))
+    want = jax.jit(
+        jax.value_and_grad(functools.partial(loss, dispatch_reference), argnums=(0, 1, 2, 3, 4))
+    )
     (v_got, g_got), (v_want, g_want) = got(x, gates, *weights), want(x, gates, *weights)
     assert _relative_error(v_got, v_want) < 1e-5, case
     for name, a, b_ in zip(["x", "gates", "w_gate", "w_up", "w_down"], g_got, g_want, strict=True):
@@ -374,7 +418,9 @@ def test_moe_fast_and_reference_layers_agree_and_train_under_jit():
     g_fast, g_ref = grads(fast, x), grads(reference, x)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref), strict=True):
         assert _relative_error(a, b) < 1e-4
-    dropped = [float(nnx.jit(lambda m, x: m(x)[1])(m, x)["dropped_frac"]) for m in (fast, reference)]
+    dropped = [
+        float(nnx.jit(lambda m, x: m(x)[1])(m, x)["dropped_frac"]) for m in (fast, reference)
+    ]
     assert dropped[0] == dropped[1]
 
 
@@ -391,8 +437,9 @@ def test_bias_is_state_but_not_a_parameter():
 
     @nnx.jit
     def train_step(model, optimizer, x):
-        (_, stats), grads = nnx.value_and_grad(lambda m: (jnp.sum(m(x)[0] ** 2), m(x)[1]),
-                                               has_aux=True)(model)
+        (_, stats), grads = nnx.value_and_grad(
+            lambda m: (jnp.sum(m(x)[0] ** 2), m(x)[1]), has_aux=True
+        )(model)
         optimizer.update(model, grads)
         model.update_bias(stats["load"])
         return grads

@@ -14,8 +14,14 @@ from minids.model import Transformer, count_params
 from minids.moe import MoE, MoEConfig
 from minids.train import TrainConfig, fit, load_checkpoint, make_optimizer, train_step
 
-MOE = MoEConfig(n_routed_experts=4, n_shared_experts=1, experts_per_token=2, expert_ffn_dim=16,
-                n_dense_layers=1, bias_update_speed=0.01)
+MOE = MoEConfig(
+    n_routed_experts=4,
+    n_shared_experts=1,
+    experts_per_token=2,
+    expert_ffn_dim=16,
+    n_dense_layers=1,
+    bias_update_speed=0.01,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +31,10 @@ def moe_cfg(cfg) -> ModelConfig:
 
 def _batch(cfg, n=8):
     rows = load_split("val")[:n]
-    return {k: jnp.asarray(v) for k, v in encode_examples(rows, CharTokenizer(), cfg.max_seq_len).items()}
+    return {
+        k: jnp.asarray(v)
+        for k, v in encode_examples(rows, CharTokenizer(), cfg.max_seq_len).items()
+    }
 
 
 def test_leading_dense_layers_then_moe_layers(moe_cfg):
@@ -43,8 +52,9 @@ def test_total_and_activated_parameter_counts(moe_cfg, cfg):
     assert count_params(model) == count_params(dense_model) - 2 * dense_ffn + 2 * moe_total
     # A token reads one row of the (untied) embedding table, and K of the E routed experts.
     unread_rows = (cfg.vocab_size - 1) * cfg.d_model
-    assert count_params(model, activated=True) == \
-        count_params(model) - unread_rows - 2 * (moe_total - moe_active)
+    assert count_params(model, activated=True) == count_params(model) - unread_rows - 2 * (
+        moe_total - moe_active
+    )
     per_expert = 3 * cfg.d_model * MOE.expert_ffn_dim
     assert moe_total - moe_active == (MOE.n_routed_experts - MOE.experts_per_token) * per_expert
     assert count_params(dense_model, activated=True) == count_params(dense_model) - unread_rows
@@ -60,7 +70,8 @@ def test_forward_with_aux_reports_routing_statistics(moe_cfg):
     np.testing.assert_allclose(np.asarray(aux["load"].sum(-1)), 1.0, atol=1e-6)
     assert aux["max_vio"].shape == (2,) and bool(jnp.all(aux["max_vio"] >= 0))
     dense_logits, dense_aux = Transformer(moe_cfg.replace(moe=None)).forward_with_aux(
-        _batch(moe_cfg)["inputs"])
+        _batch(moe_cfg)["inputs"]
+    )
     assert dense_aux == {} and dense_logits.shape == logits.shape
 
 
@@ -77,23 +88,34 @@ def test_train_step_updates_the_aux_free_bias_by_gamma_and_not_through_the_optim
 
 
 def test_aux_loss_is_added_to_the_training_loss(moe_cfg):
-    cfg = moe_cfg.replace(moe=dataclasses.replace(MOE, balancing="seq_aux_loss", aux_loss_alpha=0.5))
+    cfg = moe_cfg.replace(
+        moe=dataclasses.replace(MOE, balancing="seq_aux_loss", aux_loss_alpha=0.5)
+    )
     model = Transformer(cfg)
     metrics = train_step(model, make_optimizer(model, TrainConfig()), _batch(cfg))
     assert float(metrics["aux_loss"]) > 0
-    np.testing.assert_allclose(float(metrics["loss"]), float(metrics["ce"] + metrics["aux_loss"]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(metrics["loss"]), float(metrics["ce"] + metrics["aux_loss"]), rtol=1e-6
+    )
 
 
 def test_fit_logs_max_vio_and_checkpoints_keep_the_bias(moe_cfg, tmp_path):
     model = Transformer(moe_cfg)
     rows = load_split("train")[:256]
-    history = fit(model, rows, None, TrainConfig(steps=4, batch_size=8, warmup_steps=1),
-                  ckpt_dir=tmp_path / "ck", progress=False)
+    history = fit(
+        model,
+        rows,
+        None,
+        TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+        ckpt_dir=tmp_path / "ck",
+        progress=False,
+    )
     assert len(history.max_vio) == len(history.loss) == 4
     restored, _ = load_checkpoint(tmp_path / "ck")
     for a, b in zip(model.moe_layers(), restored.moe_layers(), strict=True):
-        np.testing.assert_array_equal(np.asarray(a.aux_free_bias[...]), np.asarray(b.aux_free_bias[...]))
+        np.testing.assert_array_equal(
+            np.asarray(a.aux_free_bias[...]), np.asarray(b.aux_free_bias[...])
+        )
     assert restored.cfg.moe == MOE
 
 
@@ -108,14 +130,18 @@ def test_kv_cache_decoding_matches_the_full_forward_for_an_moe_model(moe_cfg):
     for t in range(5, 9):
         logits, cache = model.forward_cached(tokens[:, t : t + 1], positions[:, t : t + 1], cache)
         steps.append(logits)
-    np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, axis=1)), np.asarray(full), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(jnp.concatenate(steps, axis=1)), np.asarray(full), atol=1e-5
+    )
 
 
 def test_fast_and_reference_dispatch_give_the_same_model(moe_cfg):
     tokens = _batch(moe_cfg)["inputs"]
     fast = Transformer(moe_cfg)(tokens)
     ref_cfg = moe_cfg.replace(moe=dataclasses.replace(MOE, dispatch="reference"))
-    np.testing.assert_allclose(np.asarray(Transformer(ref_cfg)(tokens)), np.asarray(fast), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(Transformer(ref_cfg)(tokens)), np.asarray(fast), atol=1e-5
+    )
 
 
 def test_model_config_checks_the_moe_field(cfg):

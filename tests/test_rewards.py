@@ -68,8 +68,27 @@ def test_unknown_tasks_compare_with_the_reference_answer():
 
 ADVERSARIAL = st.one_of(
     st.text(max_size=300),
-    st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "132", "<", ">", "/", " ",
-                              "\n", "é", "\x00", "<think", "answer>"]), max_size=40).map("".join),
+    st.lists(
+        st.sampled_from(
+            [
+                "<think>",
+                "</think>",
+                "<answer>",
+                "</answer>",
+                "132",
+                "<",
+                ">",
+                "/",
+                " ",
+                "\n",
+                "é",
+                "\x00",
+                "<think",
+                "answer>",
+            ]
+        ),
+        max_size=40,
+    ).map("".join),
 )
 
 
@@ -83,7 +102,12 @@ def test_rewards_never_raise_and_score_zero_or_one(completion):
         else:
             assert score in (0.0, 1.0), (name, completion)
     # Bad examples are a wrong answer, never a crash.
-    for bad in ({}, {"task": "add"}, {"task": "add", "prompt": "x+y="}, {"task": 3, "prompt": None}):
+    for bad in (
+        {},
+        {"task": "add"},
+        {"task": "add", "prompt": "x+y="},
+        {"task": 3, "prompt": None},
+    ):
         assert accuracy_reward(bad, completion) == 0.0
 
 
@@ -115,7 +139,11 @@ def test_get_reward_and_template_names_are_validated():
 def test_the_demonstration_data():
     assert add_reasoning("47+85=") == "7+5=12" and dropped_carry_sum("47+85=") == "122"
     assert dropped_carry_sum("12+34=") == "46"  # no carry: the slip is the right answer
-    rows = [{"task": "add", "prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10, 100, 7) for b in (15, 38)]
+    rows = [
+        {"task": "add", "prompt": f"{a}+{b}=", "answer": str(a + b)}
+        for a in range(10, 100, 7)
+        for b in (15, 38)
+    ]
     sft = r1_sft_examples(rows, carry_slip=1.0, no_template=0.0)
     assert all(format_reward(r, r["answer"]) == 1.0 for r in sft)
     wrong = [r for r in sft if not accuracy_reward(r, r["answer"])]

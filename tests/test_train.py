@@ -146,7 +146,9 @@ def test_a_different_seed_gives_different_losses(cfg, trained, examples, which):
     _, history = trained
     model_cfg = cfg.replace(seed=1) if which == "model_seed" else cfg
     train_cfg = dataclasses.replace(TCFG, seed=1) if which == "train_seed" else TCFG
-    other = fit(Transformer(model_cfg), examples["train"], examples["val"], train_cfg, progress=False)
+    other = fit(
+        Transformer(model_cfg), examples["train"], examples["val"], train_cfg, progress=False
+    )
     assert other.loss != history.loss
 
 
@@ -155,12 +157,20 @@ def test_a_different_seed_gives_different_losses(cfg, trained, examples, which):
 
 def test_checkpoint_round_trip_gives_identical_params_and_logits(tmp_path, trained):
     model, history = trained
-    path = save_checkpoint(tmp_path / "ckpt", model, make_optimizer(model, TCFG), step=6,
-                           history=history, train_cfg=TCFG)
+    path = save_checkpoint(
+        tmp_path / "ckpt",
+        model,
+        make_optimizer(model, TCFG),
+        step=6,
+        history=history,
+        train_cfg=TCFG,
+    )
     loaded, meta = load_checkpoint(path)
     assert loaded.cfg == model.cfg
     _assert_same_params(loaded, model)
-    np.testing.assert_array_equal(np.asarray(_logits(loaded, TOKENS)), np.asarray(_logits(model, TOKENS)))
+    np.testing.assert_array_equal(
+        np.asarray(_logits(loaded, TOKENS)), np.asarray(_logits(model, TOKENS))
+    )
     assert meta["step"] == 6 and meta["has_optimizer"]
     assert History.from_dict(meta["history"]) == history
     assert TrainConfig(**meta["train_config"]) == TCFG
@@ -207,17 +217,32 @@ def test_restoring_into_a_model_of_another_config_raises_value_error(tmp_path, c
         restore_into(tmp_path / "ckpt", model, make_optimizer(model, TCFG))
 
 
-def test_resuming_an_interrupted_run_gives_exactly_the_uninterrupted_losses(tmp_path, cfg, trained,
-                                                                            examples):
+def test_resuming_an_interrupted_run_gives_exactly_the_uninterrupted_losses(
+    tmp_path, cfg, trained, examples
+):
     model, history = trained
     tcfg = dataclasses.replace(TCFG, ckpt_every=2)  # saves after steps 2 and 3 of the first call
-    first = fit(Transformer(cfg), examples["train"], examples["val"], tcfg, ckpt_dir=tmp_path / "ck",
-                stop_after=3, progress=False)
+    first = fit(
+        Transformer(cfg),
+        examples["train"],
+        examples["val"],
+        tcfg,
+        ckpt_dir=tmp_path / "ck",
+        stop_after=3,
+        progress=False,
+    )
     assert first.step == [0, 1, 2] and read_meta(tmp_path / "ck")["step"] == 3
 
     resumed_model = Transformer(cfg)
-    resumed = fit(resumed_model, examples["train"], examples["val"], tcfg, ckpt_dir=tmp_path / "ck",
-                  resume=True, progress=False)
+    resumed = fit(
+        resumed_model,
+        examples["train"],
+        examples["val"],
+        tcfg,
+        ckpt_dir=tmp_path / "ck",
+        resume=True,
+        progress=False,
+    )
     assert resumed.step == history.step
     assert resumed.loss == history.loss
     assert resumed.lr == history.lr
@@ -226,8 +251,15 @@ def test_resuming_an_interrupted_run_gives_exactly_the_uninterrupted_losses(tmp_
     assert read_meta(tmp_path / "ck")["step"] == 6
 
     # Resuming a finished run trains nothing and records nothing new.
-    again = fit(Transformer(cfg), examples["train"], examples["val"], tcfg, ckpt_dir=tmp_path / "ck",
-                resume=True, progress=False)
+    again = fit(
+        Transformer(cfg),
+        examples["train"],
+        examples["val"],
+        tcfg,
+        ckpt_dir=tmp_path / "ck",
+        resume=True,
+        progress=False,
+    )
     assert dataclasses.replace(again, seconds=0) == dataclasses.replace(resumed, seconds=0)
 
 
@@ -235,7 +267,9 @@ def test_resume_without_a_checkpoint_raises_value_error(tmp_path, cfg, examples)
     model = Transformer(cfg)
     for ckpt_dir in (None, tmp_path / "missing"):
         with pytest.raises(ValueError, match="resume"):
-            fit(model, examples["train"], None, TCFG, ckpt_dir=ckpt_dir, resume=True, progress=False)
+            fit(
+                model, examples["train"], None, TCFG, ckpt_dir=ckpt_dir, resume=True, progress=False
+            )
 
 
 def test_fit_rejects_a_vocabulary_smaller_than_the_tokenizers(cfg, examples):

@@ -33,13 +33,17 @@ MASKED = -1e30  # the score of a masked key: finite, so a fully masked row gives
 
 
 def causal_attention(
-    q: Float[Array, "B T N H"], k: Float[Array, "B T M H"], v: Float[Array, "B T M Hv"],
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B T M H"],
+    v: Float[Array, "B T M Hv"],
     scale: float | None = None,
 ) -> Float[Array, "B T N Hv"]:
     """Causal self-attention from position 0 (scale defaults to 1/sqrt(H)), by the backend's best route."""
     T = q.shape[1]
     if k.shape[1] != T:
-        raise ValueError(f"causal_attention needs as many keys as queries, got {k.shape[1]} and {T}")
+        raise ValueError(
+            f"causal_attention needs as many keys as queries, got {k.shape[1]} and {T}"
+        )
     if jax.default_backend() != "cpu":
         return xla_causal_attention(q, k, v, scale)
     attend = partial(cpu_attention, every_query_sees_a_key=True)  # each causal query sees itself
@@ -58,7 +62,9 @@ def causal_mask(q_len: int, kv_len: int, offset: int = 0) -> Bool[Array, "1 T S"
 
 
 def xla_causal_attention(
-    q: Float[Array, "B T N H"], k: Float[Array, "B T M H"], v: Float[Array, "B T M Hv"],
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B T M H"],
+    v: Float[Array, "B T M Hv"],
     scale: float | None = None,
 ) -> Float[Array, "B T N Hv"]:
     """`jax.nn.dot_product_attention`, which wants values as wide as keys: a narrower value (MLA's
@@ -67,8 +73,9 @@ def xla_causal_attention(
     if Hv < H:
         v = jnp.pad(v, ((0, 0), (0, 0), (0, 0), (0, H - Hv)))
     scale = H**-0.5 if scale is None else scale
-    out = jax.nn.dot_product_attention(q, k, v.astype(k.dtype), scale=scale, is_causal=True,
-                                       implementation="xla")
+    out = jax.nn.dot_product_attention(
+        q, k, v.astype(k.dtype), scale=scale, is_causal=True, implementation="xla"
+    )
     return out[..., :Hv]
 
 
@@ -179,7 +186,9 @@ def _attend_forward(q, k, v, mask, groups, every_query_sees_a_key):
     # attention from position 0 has no such query, and skips this pass over the scores.
     sees_a_key = None
     if not every_query_sees_a_key:
-        sees_a_key = jnp.tile(jnp.any(mask, axis=-1), (1, groups))[:, None, :, None]  # (B, 1, G*T, 1)
+        sees_a_key = jnp.tile(jnp.any(mask, axis=-1), (1, groups))[
+            :, None, :, None
+        ]  # (B, 1, G*T, 1)
     return out, (q, k, v, probs, sees_a_key)
 
 

@@ -30,12 +30,17 @@ _EXACT = jax.lax.Precision.HIGHEST  # float32 products even where the default is
 def _truncate(x: Float[Array, "..."], bits: int) -> Float[Array, "..."]:
     """float32 x with only `bits` fraction bits kept, rounded toward zero (clear the low bits)."""
     mask = np.uint32((0xFFFFFFFF << (23 - bits)) & 0xFFFFFFFF)
-    return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(x, jnp.uint32) & mask, jnp.float32)
+    return jax.lax.bitcast_convert_type(
+        jax.lax.bitcast_convert_type(x, jnp.uint32) & mask, jnp.float32
+    )
 
 
 def limited_precision_matmul(
-    a: Float[Array, "M I"], b: Float[Array, "I O"], acc_mantissa_bits: int | None = 13,
-    k_slice: int = 32, promote_every: int | None = 128,
+    a: Float[Array, "M I"],
+    b: Float[Array, "I O"],
+    acc_mantissa_bits: int | None = 13,
+    k_slice: int = 32,
+    promote_every: int | None = 128,
 ) -> Float[Array, "M O"]:
     """a @ b through a tensor-core accumulator of `acc_mantissa_bits` fraction bits (minids/fp8.py)."""
     check_accumulator(acc_mantissa_bits, k_slice, promote_every)
@@ -66,8 +71,10 @@ def limited_precision_matmul(
         m = a_m.shape[0]
         if n_windows == 1:
             return window_sum(a_m, b)
-        windows = (a_m.reshape(m, n_windows, window).transpose(1, 0, 2),
-                   b.reshape(n_windows, window, n_out))
+        windows = (
+            a_m.reshape(m, n_windows, window).transpose(1, 0, 2),
+            b.reshape(n_windows, window, n_out),
+        )
         promote = lambda total, ab: (total + window_sum(*ab), None)  # noqa: E731
         return jax.lax.scan(promote, jnp.zeros((m, n_out), jnp.float32), windows)[0]
 
@@ -79,5 +86,3 @@ def limited_precision_matmul(
     n_chunks = -(-M // rows)
     chunks = jnp.pad(a, ((0, n_chunks * rows - M), (0, 0))).reshape(n_chunks, rows, n_in)
     return jax.lax.map(rows_sum, chunks).reshape(n_chunks * rows, n_out)[:M]
-
-

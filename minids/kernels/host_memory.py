@@ -56,6 +56,10 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    ok = [mallopt(M_ARENA_MAX, 1), mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, _TRIM_THRESHOLD)]
+    ok = [
+        mallopt(M_ARENA_MAX, 1),
+        mallopt(M_MMAP_MAX, 0),
+        mallopt(M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+    ]
     _applied = all(r == 1 for r in ok)  # mallopt returns 1 on success
     return _applied

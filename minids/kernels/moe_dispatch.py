@@ -36,9 +36,14 @@ from minids.fp8 import FP8Config, fp8_expert_hooks, fp8_expert_inputs
 
 
 def dispatch(
-    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
-    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
-    capacity: int | None = None, fp8: FP8Config | None = None,
+    x: Float[Array, "T D"],
+    indices: Int[Array, "T K"],
+    gates: Float[Array, "T K"],
+    w_gate: Float[Array, "E D F"],
+    w_up: Float[Array, "E D F"],
+    w_down: Float[Array, "E F D"],
+    capacity: int | None = None,
+    fp8: FP8Config | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
     """`minids.moe.dispatch_reference`'s (y, kept), each expert on its own tokens: blocks on a CPU,
     `jax.lax.ragged_dot` on a GPU or TPU."""
@@ -56,9 +61,14 @@ def _queue_places(expert: Int[Array, " P"], n_experts: int) -> Int[Array, " P"]:
 
 
 def dispatch_ragged(
-    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
-    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
-    capacity: int | None = None, fp8: FP8Config | None = None,
+    x: Float[Array, "T D"],
+    indices: Int[Array, "T K"],
+    gates: Float[Array, "T K"],
+    w_gate: Float[Array, "E D F"],
+    w_up: Float[Array, "E D F"],
+    w_down: Float[Array, "E F D"],
+    capacity: int | None = None,
+    fp8: FP8Config | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
     """Sort the T*K pairs by expert, run each expert's contiguous rows with `jax.lax.ragged_dot`
     (row group e is expert e's), and add each pair's output back to its token, gate-weighted.
@@ -78,7 +88,11 @@ def dispatch_ragged(
     hidden = fp8_in(jax.nn.silu(gate) * up)
     out = fp8_out(jax.lax.ragged_dot(hidden, w_down, group_sizes))  # (P, D), sorted
     weight = jnp.where(kept, gates.reshape(P), 0.0)[order]
-    y = jnp.zeros((T, x.shape[1]), jnp.float32).at[order // K].add(out.astype(jnp.float32) * weight[:, None])
+    y = (
+        jnp.zeros((T, x.shape[1]), jnp.float32)
+        .at[order // K]
+        .add(out.astype(jnp.float32) * weight[:, None])
+    )
     return y.astype(x.dtype), kept.reshape(T, K)
 
 
@@ -120,7 +134,9 @@ def _to_rows(x: Float[Array, "T D"], row_token: Int[Array, " rows"], token_rows:
 
 
 @jax.custom_vjp
-def _to_tokens(rows: Float[Array, "rows D"], token_rows: Int[Array, "T K"], row_token: Int[Array, " rows"]):
+def _to_tokens(
+    rows: Float[Array, "rows D"], token_rows: Int[Array, "T K"], row_token: Int[Array, " rows"]
+):
     """Each token's sum of its rows: out[t] = sum_k rows[token_rows[t, k]], where R names no row.
 
     The gradient of each of `_to_rows` and `_to_tokens` is the other: gathers both ways, no
@@ -131,11 +147,17 @@ def _to_tokens(rows: Float[Array, "rows D"], token_rows: Int[Array, "T K"], row_
     return jnp.sum(picked, axis=1)
 
 
-_to_rows.defvjp(lambda x, row_token, token_rows: (_to_rows(x, row_token, token_rows), (row_token, token_rows)),
-                lambda res, g: (_to_tokens(g, res[1], res[0]), None, None))
-_to_tokens.defvjp(lambda rows, token_rows, row_token: (_to_tokens(rows, token_rows, row_token),
-                                                       (token_rows, row_token)),
-                  lambda res, g: (_to_rows(g, res[1], res[0]), None, None))
+_to_rows.defvjp(
+    lambda x, row_token, token_rows: (_to_rows(x, row_token, token_rows), (row_token, token_rows)),
+    lambda res, g: (_to_tokens(g, res[1], res[0]), None, None),
+)
+_to_tokens.defvjp(
+    lambda rows, token_rows, row_token: (
+        _to_tokens(rows, token_rows, row_token),
+        (token_rows, row_token),
+    ),
+    lambda res, g: (_to_rows(g, res[1], res[0]), None, None),
+)
 
 
 @jax.custom_vjp
@@ -165,8 +187,13 @@ def _swiglu_halves_bwd(gate_up, g):
 _swiglu_halves.defvjp(lambda gate_up: (_swiglu_halves(gate_up), gate_up), _swiglu_halves_bwd)
 
 
-def _expert_ffn(rows: Float[Array, "A Y D"], w_gate_up: Float[Array, "A D F2"],
-                w_down: Float[Array, "A F D"], fp8: FP8Config | None, scale=None) -> Float[Array, "A Y D"]:
+def _expert_ffn(
+    rows: Float[Array, "A Y D"],
+    w_gate_up: Float[Array, "A D F2"],
+    w_down: Float[Array, "A F D"],
+    fp8: FP8Config | None,
+    scale=None,
+) -> Float[Array, "A Y D"]:
     """SwiGLU of block n's rows with block n's weights, three batched matmuls (gate and up as one)."""
     fp8_in, fp8_out = fp8_expert_hooks(fp8)
     F = w_down.shape[1]
@@ -181,21 +208,31 @@ def _expert_ffn(rows: Float[Array, "A Y D"], w_gate_up: Float[Array, "A D F2"],
 
 
 def _expert_blocks(
-    n: int, size: int, fp8: FP8Config | None, pair_row: Int[Array, " P"], gate: Float[Array, " P1"],
-    w_gate_up: Float[Array, "A D F2"], w_down: Float[Array, "A F D"], x: Float[Array, "T D"],
+    n: int,
+    size: int,
+    fp8: FP8Config | None,
+    pair_row: Int[Array, " P"],
+    gate: Float[Array, " P1"],
+    w_gate_up: Float[Array, "A D F2"],
+    w_down: Float[Array, "A F D"],
+    x: Float[Array, "T D"],
 ) -> Float[Array, "T D"]:
     """Fill n blocks of `size` rows from the T*K pairs (pair p to row pair_row[p]; n * size for
     none), apply block i's weights to block i's rows, and return each token's sum of its pairs'
     outputs weighted by gate[p] (gate[P] = 0)."""
     rows, (T, D), P = n * size, x.shape, pair_row.shape[0]
     K = P // T
-    row_pair = jnp.full((rows + 1,), P, jnp.int32).at[pair_row].set(jnp.arange(P, dtype=jnp.int32))[:rows]
+    row_pair = (
+        jnp.full((rows + 1,), P, jnp.int32).at[pair_row].set(jnp.arange(P, dtype=jnp.int32))[:rows]
+    )
     row_token = jnp.where(row_pair < P, row_pair // K, T)
     token_rows = pair_row.reshape(T, K)
     block = _to_rows(x, row_token, token_rows).reshape(n, size, D)
     row_gate = gate[row_pair]
     if fp8 is None:  # the gate scales the hidden activation: one multiply fused into SwiGLU's
-        out = _expert_ffn(block, w_gate_up, w_down, fp8, row_gate.reshape(n, size, 1)).reshape(rows, D)
+        out = _expert_ffn(block, w_gate_up, w_down, fp8, row_gate.reshape(n, size, 1)).reshape(
+            rows, D
+        )
     else:  # FP8: the down GEMM must read the quantized activation itself
         out = _expert_ffn(block, w_gate_up, w_down, fp8).reshape(rows, D)
         out = out.astype(jnp.float32) * row_gate.astype(jnp.float32)[:, None]
@@ -222,9 +259,15 @@ _take_blocks.defvjp(lambda w, owner: (w[owner], (owner, w.shape[0])), _take_bloc
 
 
 def _overflow_round(
-    r: Int[Array, ""] | int, n: int, size: int, fp8: FP8Config | None,
-    ints: tuple[Array, Array, Array], gate: Float[Array, " P1"],
-    w_gate_up: Float[Array, "E D F2"], w_down: Float[Array, "E F D"], x: Float[Array, "T D"],
+    r: Int[Array, ""] | int,
+    n: int,
+    size: int,
+    fp8: FP8Config | None,
+    ints: tuple[Array, Array, Array],
+    gate: Float[Array, " P1"],
+    w_gate_up: Float[Array, "E D F2"],
+    w_down: Float[Array, "E F D"],
+    x: Float[Array, "T D"],
 ) -> Float[Array, "T D"]:
     """Round r of the overflow: `_expert_blocks` over n blocks of `size` rows.
 
@@ -241,13 +284,20 @@ def _overflow_round(
     row = jnp.where((past >= 0) & (row >= 0) & (row < n * size), row, n * size)
     owner = jnp.sum(ends[None, :] <= r * n + jnp.arange(n)[:, None], axis=1)  # block i's expert
     owner = jnp.minimum(owner, E - 1)
-    return _expert_blocks(n, size, fp8, row, gate, _take_blocks(w_gate_up, owner),
-                          _take_blocks(w_down, owner), x)
+    return _expert_blocks(
+        n, size, fp8, row, gate, _take_blocks(w_gate_up, owner), _take_blocks(w_down, owner), x
+    )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _overflow(n: int, size: int, fp8: FP8Config | None, rounds: Int[Array, ""],
-              ints: tuple[Array, Array, Array], *floats: Array) -> Float[Array, "T D"]:
+def _overflow(
+    n: int,
+    size: int,
+    fp8: FP8Config | None,
+    rounds: Int[Array, ""],
+    ints: tuple[Array, Array, Array],
+    *floats: Array,
+) -> Float[Array, "T D"]:
     """The overflow in `rounds` rounds of `_overflow_round`: round 0 always runs, the others (a
     router far out of balance) in a loop whose trip count is data, which reverse-mode autodiff
     does not allow; hence this VJP. Its backward pass reuses round 0's saved activations and
@@ -258,7 +308,9 @@ def _overflow(n: int, size: int, fp8: FP8Config | None, rounds: Int[Array, ""],
 
 def _later_rounds(n, size, fp8, rounds, ints, floats, y):
     """y plus rounds 1 .. rounds - 1 (none for almost every router)."""
-    return jax.lax.fori_loop(1, rounds, lambda r, y: y + _overflow_round(r, n, size, fp8, ints, *floats), y)
+    return jax.lax.fori_loop(
+        1, rounds, lambda r, y: y + _overflow_round(r, n, size, fp8, ints, *floats), y
+    )
 
 
 def _overflow_fwd(n, size, fp8, rounds, ints, *floats):
@@ -281,10 +333,16 @@ _overflow.defvjp(_overflow_fwd, _overflow_bwd)
 
 
 def dispatch_blocks(
-    x: Float[Array, "T D"], indices: Int[Array, "T K"], gates: Float[Array, "T K"],
-    w_gate: Float[Array, "E D F"], w_up: Float[Array, "E D F"], w_down: Float[Array, "E F D"],
-    capacity: int | None = None, fp8: FP8Config | None = None,
-    *, blocks: tuple[int, int, int] | None = None,
+    x: Float[Array, "T D"],
+    indices: Int[Array, "T K"],
+    gates: Float[Array, "T K"],
+    w_gate: Float[Array, "E D F"],
+    w_up: Float[Array, "E D F"],
+    w_down: Float[Array, "E F D"],
+    capacity: int | None = None,
+    fp8: FP8Config | None = None,
+    *,
+    blocks: tuple[int, int, int] | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
     """Each expert on its own tokens only, as a grouped matmul in fixed-size blocks of rows.
 
