@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 # The options that set a config dataclass's fields, by command. Each one's default, type, choices and
 # help come from the field itself (`_add_config_options`), so every default is written once.
@@ -62,7 +62,13 @@ def _add_config_options(
     the parsed arguments) and their help says where it comes from. `notes` adds words to a help.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    types = get_type_hints(cls)
+    # The fields' annotations, resolved as `typing.get_type_hints` would (which returns nothing for
+    # the config classes: they are marked `@no_type_check`, see minids/config.py).
+    namespace = vars(sys.modules[cls.__module__])
+    types = {
+        f.name: eval(f.type, namespace) if isinstance(f.type, str) else f.type
+        for f in fields.values()
+    }
     derived, notes = derived or {}, notes or {}
     for name in names:
         f = fields[name]

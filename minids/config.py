@@ -15,7 +15,9 @@ has to be imported to describe it:
 Configs are frozen dataclasses, so a variant is `dataclasses.replace(cfg, n_layers=4)` (or
 `preset("tiny", n_layers=4)`), and each is validated in `__post_init__` by the `check_*` functions
 below, the one set every config dataclass in minids uses (`TrainConfig`, `GRPOConfig` too): a bad
-value raises `ValueError` naming the field, the value and the rule, before anything is traced.
+value raises `ValueError` naming the field, the value and the rule, before anything is traced. (So the
+config classes are marked `@no_type_check`: the test run's jaxtyping/beartype checks would otherwise
+answer a wrongly typed field with their own error before `__post_init__` can explain it.)
 
 Presets (plain values; `preset(name, **overrides)` returns a validated variant):
 
@@ -36,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, no_type_check
 
 import jax.numpy as jnp
 
@@ -138,6 +140,7 @@ FP8_FORMATS = ("e4m3", "e5m2")
 FP8_SCALING = ("tile", "tensor")
 
 
+@no_type_check  # validated in __post_init__ with a ValueError naming the field (see the module docstring)
 @dataclass(frozen=True)
 class MLAConfig:
     """MLA's widths (V2 Table 1's d_c', d_c, d_h and d_h^R). `ModelConfig.n_heads` gives N.
@@ -175,6 +178,7 @@ class MLAConfig:
         return dataclasses.replace(self, **changes)
 
 
+@no_type_check  # validated in __post_init__ with a ValueError naming the field (see the module docstring)
 @dataclass(frozen=True)
 class MoEConfig:
     """One MoE FFN: routed and shared experts, the router, balancing, capacity and dispatch."""
@@ -252,6 +256,7 @@ class MoEConfig:
         return dataclasses.replace(self, **changes)
 
 
+@no_type_check  # validated in __post_init__ with a ValueError naming the field (see the module docstring)
 @dataclass(frozen=True)
 class FP8Config:
     """How a model runs its FP8 GEMMs; the defaults are DeepSeek-V3's recipe (§3.3)."""
@@ -298,6 +303,7 @@ class FP8Config:
 # ----------------------------------------------------------------------------- the model
 
 
+@no_type_check  # validated in __post_init__ with a ValueError naming the field (see the module docstring)
 @dataclass(frozen=True)
 class ModelConfig:
     """Hyper-parameters of a decoder-only transformer (pre-norm, RoPE, SwiGLU, GQA)."""

@@ -31,9 +31,10 @@ import os
 import random
 import string
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class CharTokenizer:
             ids.append(self._id[ch])
         return [self.BOS] * bos + ids + [self.EOS] * eos
 
-    def decode(self, ids: Sequence[int], *, stop_at_eos: bool = True) -> str:
+    def decode(self, ids: Iterable[int] | np.ndarray, *, stop_at_eos: bool = True) -> str:
         out = []
         for i in ids:
             i = int(i)
@@ -88,7 +89,7 @@ class Task:
     make: Callable[[random.Random], tuple[str, str]]
     solve: Callable[[str], str]  # the exact answer for a prompt of this task
 
-    def check(self, prompt: str, answer: str) -> bool:
+    def check(self, prompt: Any, answer: Any) -> bool:
         """True when `answer` is exactly right (surrounding whitespace ignored). Never raises."""
         try:
             return answer.strip() == self.solve(prompt)

@@ -48,7 +48,7 @@ Shapes: M rows (tokens), I inputs (the contraction axis), O outputs; the MoE exp
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, no_type_check
 
 import jax
 import jax.numpy as jnp
@@ -310,6 +310,7 @@ def limited_precision_matmul_reference(
 limited_precision_matmul = kernel_fp8.limited_precision_matmul
 
 
+@no_type_check  # checks the operands' shapes itself, with a ValueError saying what it needs
 def fp8_matmul(
     a: Float[Array, "M I"],
     b: Float[Array, "I O"],

@@ -49,7 +49,7 @@ grading them, the update loop that runs `grpo_loss` mu times per batch, held-out
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -61,6 +61,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 RATIO_LEVELS = ("token", "sequence")
 
 
+@runtime_checkable
 class LossSettings(Protocol):
     """What `grpo_loss` reads from its config (a `minids.grpo_trainer.GRPOConfig` has all of it)."""
 
@@ -108,8 +109,8 @@ def clipped_surrogate(
     old_logp: Float[Array, "B T"],
     advantages: Float[Array, " B"],
     mask: Bool[Array, "B T"],
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
+    eps_low: float | Float[Array, ""] = 0.2,
+    eps_high: float | Float[Array, ""] = 0.2,
 ) -> Float[Array, "B T"]:
     """min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) per token, rho = exp(logp - old_logp);
     zero at masked tokens (DeepSeekMath eq. 3; asymmetric clip from DAPO §3.1)."""

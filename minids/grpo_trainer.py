@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,7 @@ from minids.rewards import REWARDS, TEMPLATES, RewardFn, format_reward
 from minids.train import progress_bar, save_checkpoint
 
 
+@no_type_check  # validated in __post_init__ (minids.config's check_* functions)
 @dataclass(frozen=True)
 class GRPOConfig:
     """Everything a GRPO run needs besides the model and the prompts; validated when made.
@@ -178,7 +179,9 @@ class Rollouts:
     components: dict[str, np.ndarray]  # (B,) each reward function's score
 
 
-def completion_mask(tokens: Int[Array, "B T"], eos_id: int = CharTokenizer.EOS) -> np.ndarray:
+def completion_mask(
+    tokens: Int[Array | np.ndarray, "B T"], eos_id: int = CharTokenizer.EOS
+) -> np.ndarray:
     """True for every generated token up to and including the first EOS (all of them if none)."""
     tokens = np.asarray(tokens)
     T = tokens.shape[1]

@@ -121,5 +121,5 @@ class Embedding(nnx.Module):
     def __call__(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
         return self.embed(tokens)
 
-    def attend(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+    def attend(self, x: Float[Array, "... D"]) -> Float[Array, "... V"]:
         return self.embed.attend(x)

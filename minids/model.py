@@ -20,6 +20,8 @@ Shape letters, used in every module's annotations and einsums:
 
 from __future__ import annotations
 
+from typing import no_type_check
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -37,6 +39,7 @@ MAX_BUILD_PARAMS = (
 )
 
 
+@no_type_check  # a pytree: JAX rebuilds it with placeholder leaves (None, tracers)
 @struct.dataclass
 class KVCache:
     """Per-layer cache buffers, which slots hold real tokens, and the next slot to write.

@@ -67,6 +67,7 @@ E routed experts, K experts per token, F expert width.
 from __future__ import annotations
 
 import math
+from typing import no_type_check
 
 import jax
 import jax.numpy as jnp
@@ -213,7 +214,7 @@ def dispatch_reference(
     w_gate: Float[Array, "E D F"],
     w_up: Float[Array, "E D F"],
     w_down: Float[Array, "E F D"],
-    capacity: int | None = None,
+    capacity: int | Int[Array, ""] | None = None,
     fp8: FP8Config | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
     """Every expert on every token, then a gate-weighted sum of the chosen: (y, kept assignments)."""
@@ -277,6 +278,7 @@ class MoE(nnx.Module):
             else None
         )
 
+    @no_type_check  # checks x itself, with a ValueError that says what shape it wants
     def __call__(self, x: Float[Array, "B T D"]) -> tuple[Float[Array, "B T D"], dict[str, Array]]:
         moe, E = self.moe_cfg, self.moe_cfg.n_routed_experts
         if x.ndim != 3 or x.shape[-1] != self.expert_centroids.shape[1]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from minids.data import TASKS
 
@@ -56,7 +57,7 @@ def r1_completion(reasoning: str, answer: str) -> str:
     return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
 
 
-def format_reward(example: Mapping[str, str], completion: str) -> float:
+def format_reward(example: Mapping[str, Any], completion: Any) -> float:
     """1.0 when the completion is exactly one `<think>...</think>` block then one `<answer>...</answer>`
     block, with only whitespace around them and no tag inside either block; else 0.0.
 
@@ -72,7 +73,7 @@ def format_reward(example: Mapping[str, str], completion: str) -> float:
     return 0.0 if any(tag in inner for tag in TAGS) else 1.0
 
 
-def extract_answer(completion: str, template: str = "r1") -> str | None:
+def extract_answer(completion: Any, template: str = "r1") -> str | None:
     """The answer a completion gives: with the r1 template, the text of its first closed
     `<answer>...</answer>` block (whatever else surrounds it), or None when there is none; with the
     plain template, the whole completion."""
@@ -86,7 +87,7 @@ def extract_answer(completion: str, template: str = "r1") -> str | None:
     return None if match is None else match.group(1)
 
 
-def _accuracy(example: Mapping[str, str], completion: str, template: str) -> float:
+def _accuracy(example: Mapping[str, Any], completion: Any, template: str) -> float:
     try:
         answer = extract_answer(completion, template)
         if answer is None:
@@ -99,7 +100,7 @@ def _accuracy(example: Mapping[str, str], completion: str, template: str) -> flo
         return 0.0
 
 
-def accuracy_reward(example: Mapping[str, str], completion: str) -> float:
+def accuracy_reward(example: Mapping[str, Any], completion: Any) -> float:
     """1.0 when the answer inside the first `<answer>` block passes the task's checker, else 0.0.
 
     A shipped task grades with its own `Task.check` (surrounding whitespace ignored); any other task
@@ -108,12 +109,12 @@ def accuracy_reward(example: Mapping[str, str], completion: str) -> float:
     return _accuracy(example, completion, "r1")
 
 
-def plain_accuracy_reward(example: Mapping[str, str], completion: str) -> float:
+def plain_accuracy_reward(example: Mapping[str, Any], completion: Any) -> float:
     """1.0 when the whole completion passes the task's checker (for models that answer directly)."""
     return _accuracy(example, completion, "plain")
 
 
-def length_penalty(example: Mapping[str, str], completion: str) -> float:
+def length_penalty(example: Mapping[str, Any], completion: Any) -> float:
     """-(characters beyond 64) / 64, at most 1 in size: an example of a reward to plug in."""
     if not isinstance(completion, str):
         return 0.0

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ from minids.data import CharTokenizer, batch_indices, encode_examples
 from minids.model import Transformer
 
 
+@no_type_check  # validated in __post_init__ (minids.config's check_* functions)
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run's recipe; validated when made. Each field's metadata holds its help text
@@ -203,7 +204,7 @@ def save_checkpoint(
     optimizer: nnx.Optimizer | None = None,
     *,
     step: int = 0,
-    history: History | None = None,
+    history: Any = None,  # a History, or any dataclass of metric lists (GRPOHistory)
     train_cfg: TrainConfig | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (temporary folder, then rename). Returns its path."""

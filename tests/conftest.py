@@ -5,11 +5,17 @@
 - Hypothesis runs derandomized and without an example database, so a test run is reproducible and
   writes nothing into the repository.
 - `data/` holds the shipped splits; a session fixture checks that no test changed a byte of it.
+- One XLA compilation cache for the whole run, shared by the xdist workers and by the processes the
+  tests start (notebook kernels, benchmark scripts, the CLI): many tests compile the same small
+  programs, which are then compiled once. A fresh folder per run, so no run reads another's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
+from pathlib import Path
 
 import jax
 import pytest
@@ -19,6 +25,14 @@ from minids.config import ModelConfig, preset
 from minids.data import DATA_DIR
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# xdist gives its workers one id per run; a plain run gets a folder of its own.
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"solo-{os.getpid()}"
+_cache = Path(tempfile.gettempdir()) / f"minids-xla-cache-{_run}"
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_cache)  # the processes tests start inherit it
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+jax.config.update("jax_compilation_cache_dir", str(_cache))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 settings.register_profile(
     "minids",

@@ -42,7 +42,7 @@ def dispatch(
     w_gate: Float[Array, "E D F"],
     w_up: Float[Array, "E D F"],
     w_down: Float[Array, "E F D"],
-    capacity: int | None = None,
+    capacity: int | Int[Array, ""] | None = None,
     fp8: FP8Config | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
     """`minids.moe.dispatch_reference`'s (y, kept), each expert on its own tokens: blocks on a CPU,
@@ -67,7 +67,7 @@ def dispatch_ragged(
     w_gate: Float[Array, "E D F"],
     w_up: Float[Array, "E D F"],
     w_down: Float[Array, "E F D"],
-    capacity: int | None = None,
+    capacity: int | Int[Array, ""] | None = None,
     fp8: FP8Config | None = None,
 ) -> tuple[Float[Array, "T D"], Bool[Array, "T K"]]:
     """Sort the T*K pairs by expert, run each expert's contiguous rows with `jax.lax.ragged_dot`
@@ -339,7 +339,7 @@ def dispatch_blocks(
     w_gate: Float[Array, "E D F"],
     w_up: Float[Array, "E D F"],
     w_down: Float[Array, "E F D"],
-    capacity: int | None = None,
+    capacity: int | Int[Array, ""] | None = None,
     fp8: FP8Config | None = None,
     *,
     blocks: tuple[int, int, int] | None = None,
