@@ -33,7 +33,7 @@ lab: $(VENV)/.lab-installed
 test: $(VENV)/.dev-installed $(if $(filter 1,$(PARITY)),$(VENV)/.parity-installed)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 smoke: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest tests/test_notebooks.py

@@ -205,7 +205,7 @@ def save_checkpoint(
     *,
     step: int = 0,
     history: Any = None,  # a History, or any dataclass of metric lists (GRPOHistory)
-    train_cfg: TrainConfig | None = None,
+    train_cfg: Any = None,  # the run's config dataclass: a TrainConfig, or a GRPOConfig
 ) -> Path:
     """Write a checkpoint folder atomically (temporary folder, then rename). Returns its path."""
     import orbax.checkpoint as ocp
