@@ -9,7 +9,7 @@ PARITY ?= 1
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: lab test smoke bench bench-torch figures data lint clean
+.PHONY: lab test smoke notebooks bench bench-torch figures data lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(VENV)/.dev-installed $(if $(filter 1,$(PARITY)),$(VENV)/.parity-installe
 smoke: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest tests/test_notebooks.py
 
+# Execute every notebook in normal mode and write it back with its outputs, metadata noise
+# stripped (tools/notebooks.py); NB="01_moe 03_fp8" runs just those.
+notebooks: $(VENV)/.dev-installed
+	$(BIN)/python tools/notebooks.py $(NB)
+
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_moe.py
@@ -53,6 +58,7 @@ bench-torch: $(VENV)/.parity-installed
 figures: $(VENV)/.dev-installed
 	$(BIN)/python -m minids train --preset tiny --out runs/tiny --no-progress
 	mkdir -p docs/figures && cp runs/tiny/loss.png docs/figures/tiny_loss.png
+	$(BIN)/python tools/figures.py
 
 data: $(VENV)/.dev-installed
 	$(BIN)/python -m minids.data

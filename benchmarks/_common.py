@@ -1,7 +1,9 @@
-"""Helpers the benchmark scripts share: progress to stderr, and a side-by-side table of figures."""
+"""Helpers the benchmark scripts share: the command-line flags, progress to stderr, timing, and a
+side-by-side table of figures."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +16,21 @@ from minids.kernels.host_memory import keep_freed_memory
 # Each benchmark is its own process, training on a CPU as the command line does: keep freed host
 # memory for reuse (minids/kernels/host_memory.py), before JAX starts its threads, as the CLI does.
 keep_freed_memory()
+
+
+SMOKE_HELP = "smallest shapes, one timed repeat: checks the script runs; its figures mean nothing"
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every script takes: --quick, --smoke and --json."""
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+
+
+def repeats(args: argparse.Namespace, full: int, quick: int) -> int:
+    """How many timed repeats: `full`, `quick` with --quick, 1 with --smoke."""
+    return 1 if args.smoke else quick if args.quick else full
 
 
 def log(msg: str) -> None:
@@ -30,10 +47,12 @@ def print_columns(
         print(f"{label:28s}" + "".join(f"{fmt(col):>{width}s}" for col in columns.values()))
 
 
-def median_ms(call: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of `repeats` calls run back to back, after one call to compile and one to warm up."""
+def median_ms(call: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
+    """Median milliseconds of `repeats` calls run back to back, after one call to compile and (if
+    `warm_up`) one to warm up."""
     jax.block_until_ready(call())  # compile
-    jax.block_until_ready(call())  # warm up
+    if warm_up:
+        jax.block_until_ready(call())
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -47,10 +66,11 @@ def interleaved_ms(
     repeats: int,
     label: str = "",
     samples: dict[str, list[float]] | None = None,
+    warm_up: bool = True,
 ) -> dict[str, float]:
-    """Median milliseconds of each call: compiled and warmed up first, then timed in turn, `repeats`
-    rounds, so that a slow moment of a shared machine hits every call alike. `samples`, if given,
-    receives every timing, in milliseconds.
+    """Median milliseconds of each call: compiled and (if `warm_up`) warmed up first, then timed in
+    turn, `repeats` rounds, so that a slow moment of a shared machine hits every call alike.
+    `samples`, if given, receives every timing, in milliseconds.
 
     What ran just before a call moves its time by a few percent (caches, memory the previous call
     touched). Two calls alternate, so each always follows the other. Three or more run in a new,
@@ -59,7 +79,8 @@ def interleaved_ms(
     for name, call in calls.items():
         t0 = time.perf_counter()
         jax.block_until_ready(call())  # compile
-        jax.block_until_ready(call())  # warm up
+        if warm_up:
+            jax.block_until_ready(call())
         log(f"  {label}{name} compiled and warm in {time.perf_counter() - t0:.1f} s")
     times = {name: [] for name in calls}
     order, rng = list(calls), np.random.default_rng(0)

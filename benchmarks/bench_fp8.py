@@ -2,6 +2,7 @@
 
     python benchmarks/bench_fp8.py            # both presets, a readable table (~2 min on 2 cores)
     python benchmarks/bench_fp8.py --quick    # fewer repeats
+    python benchmarks/bench_fp8.py --smoke    # smallest shapes, 1 repeat: checks it runs
     python benchmarks/bench_fp8.py --json     # one JSON object on stdout, nothing else
 
 What it measures:
@@ -43,7 +44,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import log, median_ms, print_columns
+from _common import add_run_flags, log, median_ms, print_columns, repeats
 
 from minids.config import preset
 from minids.fp8 import fp8_matmul, quantize
@@ -54,13 +55,16 @@ from minids.train import TrainConfig, make_optimizer, train_step
 TRAIN_SHAPES = {"tiny": (64, 8, 4), "small": (16, 4, 1)}
 PRECISIONS = ("fp32", "bf16", "fp8")
 QUANT_N, MATMUL_N = 4096, 1024
+SMOKE_LAYERS, SMOKE_BATCH, SMOKE_N = 1, 8, 256  # --smoke: the model, its batch; the matrices' size
 
 
-def bench_train(name: str, quick: bool) -> dict:
-    batch_size, repeats, steps = TRAIN_SHAPES[name]
-    if quick:
-        repeats = max(2, repeats // 2)
+def bench_train(name: str, args: argparse.Namespace) -> dict:
+    batch_size, full_repeats, steps = TRAIN_SHAPES[name]
+    n_repeats = repeats(args, full_repeats, quick=max(2, full_repeats // 2))
     base = preset(name)
+    if args.smoke:
+        base = base.replace(n_layers=SMOKE_LAYERS)
+        batch_size, steps = SMOKE_BATCH, 1
     seq_len = base.max_seq_len
     rng = np.random.default_rng(0)
     batch = {
@@ -73,14 +77,14 @@ def bench_train(name: str, quick: bool) -> dict:
         model = Transformer(base.with_precision(precision))
         optimizer = make_optimizer(model, TrainConfig())
         t0 = time.perf_counter()
-        for _ in range(3):  # compile, then two warm-up steps
+        for _ in range(1 if args.smoke else 3):  # compile, then two warm-up steps (not in smoke)
             jax.block_until_ready(train_step(model, optimizer, batch))
         log(
             f"  {name}: {precision} train_step compiled and warm in {time.perf_counter() - t0:.1f} s"
         )
         runs[precision] = (model, optimizer)
     times = {p: [] for p in PRECISIONS}
-    for _ in range(repeats):
+    for _ in range(n_repeats):
         for precision, (model, optimizer) in runs.items():
             t = time.perf_counter()
             for _ in range(steps):
@@ -98,27 +102,27 @@ def bench_train(name: str, quick: bool) -> dict:
     }
 
 
-def bench_quantize(quick: bool) -> dict:
-    x = jax.random.normal(jax.random.key(0), (QUANT_N, QUANT_N), jnp.float32)
+def bench_quantize(args: argparse.Namespace, n: int) -> dict:
+    x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     out = {}
     for label, block in (("tile_1x128", (1, 128)), ("block_128x128", (128, 128)), ("tensor", None)):
         fn = jax.jit(lambda x, block=block: quantize(x, "e4m3", block))
-        ms = median_ms(lambda fn=fn: fn(x), 3 if quick else 10)
+        ms = median_ms(lambda fn=fn: fn(x), repeats(args, full=10, quick=3), warm_up=not args.smoke)
         out[label] = {"ms": ms, "gelem_per_s": x.size / ms / 1e6}
     return out
 
 
-def bench_matmul(quick: bool) -> dict:
-    a = jax.random.normal(jax.random.key(1), (MATMUL_N, MATMUL_N), jnp.float32)
-    b = jax.random.normal(jax.random.key(2), (MATMUL_N, MATMUL_N), jnp.float32)
+def bench_matmul(args: argparse.Namespace, n: int) -> dict:
+    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
     plain, fp8 = jax.jit(lambda a, b: a @ b), jax.jit(lambda a, b: fp8_matmul(a, b))
-    repeats = 3 if quick else 8
-    fp32_ms = median_ms(lambda: plain(a, b), repeats)
-    fp8_ms = median_ms(lambda: fp8(a, b), repeats)
+    n_repeats, warm_up = repeats(args, full=8, quick=3), not args.smoke
+    fp32_ms = median_ms(lambda: plain(a, b), n_repeats, warm_up)
+    fp8_ms = median_ms(lambda: fp8(a, b), n_repeats, warm_up)
     return {"fp32_ms": fp32_ms, "fp8_ms": fp8_ms, "fp8_ratio": fp8_ms / fp32_ms}
 
 
-def print_table(report: dict) -> None:
+def print_table(report: dict, quant_n: int, matmul_n: int) -> None:
     print(
         f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
         "one train_step, median over interleaved repeats"
@@ -133,12 +137,12 @@ def print_table(report: dict) -> None:
         ("fp8 / bf16", lambda r: f"{r['fp8_over_bf16']:.2f}x"),
     ]
     print_columns(report["presets"], rows, width=20)
-    print(f"\nquantize {QUANT_N} x {QUANT_N} float32 -> E4M3 (jitted):")
+    print(f"\nquantize {quant_n} x {quant_n} float32 -> E4M3 (jitted):")
     for label, r in report["quantize"].items():
         print(f"  {label:<16}{r['ms']:8.1f} ms  {r['gelem_per_s']:6.2f} G elements/s")
     m = report["matmul"]
     print(
-        f"\n{MATMUL_N}^3 GEMM: float32 {m['fp32_ms']:.1f} ms, fp8_matmul (simulated) "
+        f"\n{matmul_n}^3 GEMM: float32 {m['fp32_ms']:.1f} ms, fp8_matmul (simulated) "
         f"{m['fp8_ms']:.1f} ms, ratio {m['fp8_ratio']:.2f}x"
     )
 
@@ -151,9 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
         action="append",
         help="measure only this preset (repeatable; default: tiny and small)",
     )
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
+    quant_n, matmul_n = (SMOKE_N, SMOKE_N) if args.smoke else (QUANT_N, MATMUL_N)
     t0 = time.perf_counter()
     report = {
         "backend": jax.default_backend(),
@@ -161,17 +165,17 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "presets": {},
     }
-    for name in args.preset or list(TRAIN_SHAPES):
+    for name in args.preset or (["tiny"] if args.smoke else list(TRAIN_SHAPES)):
         log(f"{name}:")
-        report["presets"][name] = bench_train(name, args.quick)
+        report["presets"][name] = bench_train(name, args)
     log("quantize and GEMM:")
-    report["quantize"] = bench_quantize(args.quick)
-    report["matmul"] = bench_matmul(args.quick)
+    report["quantize"] = bench_quantize(args, quant_n)
+    report["matmul"] = bench_matmul(args, matmul_n)
     log(f"done in {time.perf_counter() - t0:.0f} s")
     if args.json:
         print(json.dumps(report))
     else:
-        print_table(report)
+        print_table(report, quant_n, matmul_n)
     return report
 
 

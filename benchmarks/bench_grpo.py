@@ -2,6 +2,7 @@
 
     python benchmarks/bench_grpo.py            # a readable table (about a minute on 2 CPU cores)
     python benchmarks/bench_grpo.py --quick    # fewer repeats
+    python benchmarks/bench_grpo.py --smoke    # smallest shapes, 1 repeat: checks it runs
     python benchmarks/bench_grpo.py --json     # one JSON object on stdout, nothing else
 
 The model is notebook 04's (the `tiny` preset with max_seq_len 48, untrained weights) and the batch is
@@ -41,7 +42,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import log, print_columns
+from _common import add_run_flags, log, print_columns, repeats
 from flax import nnx
 
 from minids.config import preset
@@ -58,6 +59,7 @@ from minids.grpo_trainer import (
 from minids.model import Transformer, count_params
 
 PROMPTS, G, NEW = 16, 8, 44
+SMOKE_PROMPTS, SMOKE_G, SMOKE_NEW = 2, 2, 8
 
 
 def timed(fn) -> float:
@@ -68,23 +70,25 @@ def timed(fn) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
-    repeats = 3 if args.quick else 7
+    n_repeats = repeats(args, full=7, quick=3)
+    n_prompts, group, new = (SMOKE_PROMPTS, SMOKE_G, SMOKE_NEW) if args.smoke else (PROMPTS, G, NEW)
     t_start = time.perf_counter()
 
     model = Transformer(preset("tiny", max_seq_len=48))
     tok = CharTokenizer()
-    rows = [r for r in load_split("val") if r["task"] == "add"][:PROMPTS]
-    prompts = [tok.encode(r["prompt"], bos=True) for r in rows for _ in range(G)]
-    cfg = GRPOConfig(prompts_per_step=PROMPTS, group_size=G, max_new_tokens=NEW)
-    cfg_ref = GRPOConfig(prompts_per_step=PROMPTS, group_size=G, max_new_tokens=NEW, beta=0.04)
+    rows = [r for r in load_split("val") if r["task"] == "add"][:n_prompts]
+    prompts = [tok.encode(r["prompt"], bos=True) for r in rows for _ in range(group)]
+    cfg = GRPOConfig(prompts_per_step=n_prompts, group_size=group, max_new_tokens=new)
+    cfg_ref = GRPOConfig(
+        prompts_per_step=n_prompts, group_size=group, max_new_tokens=new, beta=0.04
+    )
     key = jax.random.key(0)
-    sampling = dict(max_new_tokens=NEW, temperature=1.0, key=key, eos_id=-1)
+    sampling = dict(max_new_tokens=new, temperature=1.0, key=key, eos_id=-1)
 
     roll = sample_groups(model, rows, cfg, key)
-    adv = group_advantages(jnp.asarray(roll.rewards.reshape(-1, G)), "group").reshape(-1)
+    adv = group_advantages(jnp.asarray(roll.rewards.reshape(-1, group)), "group").reshape(-1)
     batch = {
         "prompt_tokens": jnp.asarray(roll.prompt_tokens),
         "prompt_mask": jnp.asarray(roll.prompt_mask),
@@ -116,20 +120,21 @@ def main(argv: list[str] | None = None) -> dict:
     for label, call in calls.items():
         t = time.perf_counter()
         call()  # compile
-        call()  # warm up
+        if not args.smoke:
+            call()  # warm up
         log(f"  {label}: compiled and warm in {time.perf_counter() - t:.1f} s")
     times = {label: [] for label in calls}
-    for _ in range(repeats):
+    for _ in range(n_repeats):
         for label, call in calls.items():
             times[label].append(timed(call))
     ms = {label: 1e3 * float(np.median(t)) for label, t in times.items()}
-    tokens = len(prompts) * NEW
+    tokens = len(prompts) * new
     report = {
         "backend": jax.default_backend(),
         "jax_version": jax.__version__,
         "cpu_count": os.cpu_count(),
         "batch": len(prompts),
-        "max_new_tokens": NEW,
+        "max_new_tokens": new,
         "params": count_params(model),
         "cached_tokens_per_s": tokens / ms["cached"] * 1e3,
         "recompute_tokens_per_s": tokens / ms["recompute"] * 1e3,
@@ -146,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     print(
         f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
-        f"{report['params']:,} parameters, {report['batch']} rollouts ({PROMPTS} prompts x G {G}) "
-        f"of {NEW} new tokens; medians over interleaved repeats"
+        f"{report['params']:,} parameters, {report['batch']} rollouts "
+        f"({n_prompts} prompts x G {group}) of {new} new tokens; medians over interleaved repeats"
     )
     rows_ = [
         ("rollout, KV cache", lambda r: f"{r['cached_tokens_per_s']:,.0f} tok/s"),

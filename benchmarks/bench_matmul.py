@@ -2,6 +2,7 @@
 
     python benchmarks/bench_matmul.py            # a table (about half a minute on 2 CPU cores)
     python benchmarks/bench_matmul.py --quick    # fewer repeats
+    python benchmarks/bench_matmul.py --smoke    # smallest shapes, 1 repeat: checks it runs
     python benchmarks/bench_matmul.py --json     # one JSON object on stdout, nothing else
 
 Why it exists: bench_train.py divides the model's FLOP/s by a large square matmul's rate, and
@@ -58,7 +59,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from _common import log, median_ms  # noqa: E402
+from _common import add_run_flags, log, median_ms, repeats  # noqa: E402
 
 # name: (B, M, K, N)
 SHAPES = {
@@ -72,6 +73,9 @@ SHAPES = {
 }
 
 
+SMOKE_DIM = 64  # --smoke: every dimension of every shape at most this
+
+
 TRANSPOSED_B = {"attention_scores"}  # (B, N, K): q @ k^T, with k as attention stores it
 
 
@@ -83,60 +87,64 @@ def _operands(shape, seed, transposed_b=False):
     )
 
 
-def measure(quick: bool) -> dict:
+def measure(args: argparse.Namespace) -> dict:
     """GFLOP/s of every shape, and the independent-pair ratio, in this process."""
+    shapes = SHAPES
+    if args.smoke:
+        shapes = {name: tuple(min(d, SMOKE_DIM) for d in shape) for name, shape in SHAPES.items()}
     matmul = jax.jit(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b))
     pair = jax.jit(
         lambda a, b, c, d: (jnp.einsum("bmk,bkn->bmn", a, b), jnp.einsum("bmk,bkn->bmn", c, d))
     )
     matmul_t = jax.jit(lambda a, b: jnp.einsum("bmk,bnk->bmn", a, b))
     calls = {}
-    for i, (name, shape) in enumerate(SHAPES.items()):
+    for i, (name, shape) in enumerate(shapes.items()):
         a, b = _operands(shape, i, name in TRANSPOSED_B)
         f = matmul_t if name in TRANSPOSED_B else matmul
         calls[name] = lambda a=a, b=b, f=f: f(a, b)
-    c, d = _operands(SHAPES["experts_down"], 99)
-    a, b = _operands(SHAPES["experts_down"], 2)
+    c, d = _operands(shapes["experts_down"], 99)
+    a, b = _operands(shapes["experts_down"], 2)
     calls["pair"] = lambda: pair(a, b, c, d)
     ms = {name: float("inf") for name in calls}
-    for _ in range(2):  # two passes, the faster median kept: a moment of load hits one pass only
+    n_repeats = repeats(args, full=40, quick=10)
+    for _ in range(1 if args.smoke else 2):  # the faster median of two passes: load hits one only
         for name, call in calls.items():
-            ms[name] = min(ms[name], median_ms(call, 10 if quick else 40))
-    shapes = {}
-    for name, (B, M, K, N) in SHAPES.items():
-        shapes[name] = {
+            ms[name] = min(ms[name], median_ms(call, n_repeats, warm_up=not args.smoke))
+    rows = {}
+    for name, (B, M, K, N) in shapes.items():
+        rows[name] = {
             "batch": B,
             "m": M,
             "k": K,
             "n": N,
             "gflops": 2 * B * M * K * N / ms[name] / 1e6,
         }
-    return {"shapes": shapes, "independent_pair_ratio": ms["pair"] / ms["experts_down"]}
+    return {"shapes": rows, "independent_pair_ratio": ms["pair"] / ms["experts_down"]}
 
 
-def one_core(quick: bool) -> dict | None:
+def one_core(args: argparse.Namespace) -> dict | None:
     """The same measurement in a child process pinned to one core, or None where that can't be done."""
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         return None
-    args = [sys.executable, __file__, "--pinned-child", "--json"] + (["--quick"] if quick else [])
-    run = subprocess.run(args, capture_output=True, text=True, check=True)
+    flags = [flag for flag in ("--quick", "--smoke") if getattr(args, flag[2:])]
+    child = [sys.executable, __file__, "--pinned-child", "--json", *flags]
+    run = subprocess.run(child, capture_output=True, text=True, check=True)
     return json.loads(run.stdout)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_run_flags(parser)
     parser.add_argument("--pinned-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    measured = measure(args.quick)
+    measured = measure(args)
     if args.pinned_child:
         print(json.dumps(measured))
         return measured
     log("the same, pinned to one core:")
-    single = one_core(args.quick)
+    single = one_core(args)
     report = {
         "backend": jax.default_backend(),
         "jax_version": jax.__version__,

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_mla.py            # a readable table (a minute or two on CPU)
     python benchmarks/bench_mla.py --quick    # fewer repeats
+    python benchmarks/bench_mla.py --smoke    # smallest shapes, 1 repeat: checks it runs
     python benchmarks/bench_mla.py --json     # one JSON object on stdout, nothing else
 
 What it measures: the wall time of one jitted `Transformer.forward_cached` call that decodes one new
@@ -43,7 +44,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from _common import interleaved_ms, log, print_columns
+from _common import add_run_flags, interleaved_ms, log, print_columns, repeats
 from flax import nnx
 
 from minids.config import preset
@@ -51,14 +52,15 @@ from minids.mla import MLAConfig, kv_cache_bytes_per_token
 from minids.model import KVCache, Transformer
 
 CONTEXTS = (256, 1024, 4096)
+SMOKE_CONTEXTS = (32,)
 BATCH = 4
 MLA = MLAConfig(
     q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32
 )
 
 
-def configs():
-    small = preset("small", max_seq_len=max(CONTEXTS) + 1)
+def configs(contexts=CONTEXTS):
+    small = preset("small", max_seq_len=max(contexts) + 1)
     return {
         "mha": small.replace(n_kv_heads=small.n_heads),
         "gqa": small,
@@ -82,14 +84,14 @@ def full_cache(model: Transformer, context: int) -> KVCache:
     )
 
 
-def bench_context(models: dict, context: int, repeats: int) -> dict:
+def bench_context(models: dict, context: int, repeats: int, warm_up: bool = True) -> dict:
     tokens = jnp.full((BATCH, 1), 5, jnp.int32)
     positions = jnp.full((BATCH, 1), context, jnp.int32)
     calls = {}
     for name, model in models.items():
         cache = full_cache(model, context)
         calls[name] = lambda model=model, cache=cache: decode_one(model, tokens, positions, cache)
-    row = interleaved_ms(calls, repeats, label=f"context {context}: ")
+    row = interleaved_ms(calls, repeats, label=f"context {context}: ", warm_up=warm_up)
     row["naive_over_absorbed"] = row["mla_naive"] / row["mla_absorbed"]
     return row
 
@@ -111,11 +113,11 @@ def print_table(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
+    contexts = SMOKE_CONTEXTS if args.smoke else CONTEXTS
     t0 = time.perf_counter()
-    cfgs = configs()
+    cfgs = configs(contexts)
     models = {name: Transformer(cfg, rngs=nnx.Rngs(0)) for name, cfg in cfgs.items()}
     cache_bytes = {name: kv_cache_bytes_per_token(cfg) for name, cfg in cfgs.items()}
     report = {
@@ -127,9 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
         "mha_over_mla_cache": cache_bytes["mha"] / cache_bytes["mla_absorbed"],
         "contexts": {},
     }
-    for context in CONTEXTS:
-        repeats = 5 if args.quick else 15
-        report["contexts"][str(context)] = bench_context(models, context, repeats)
+    for context in contexts:
+        report["contexts"][str(context)] = bench_context(
+            models, context, repeats(args, full=15, quick=5), warm_up=not args.smoke
+        )
     log(f"done in {time.perf_counter() - t0:.0f} s")
     if args.json:
         print(json.dumps(report))

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_model.py            # a table (about a minute on 2 CPU cores)
     python benchmarks/bench_model.py --quick    # fewer repeats
+    python benchmarks/bench_model.py --smoke    # smallest shapes, 1 repeat: checks it runs
     python benchmarks/bench_model.py --json     # one JSON object on stdout, nothing else
 
 What it measures: `minids.train.train_step` (jitted, AdamW) on a batch of 64 full-length sequences
@@ -37,7 +38,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import log, print_columns
+from _common import add_run_flags, log, print_columns, repeats
 from bench_train import MatmulClock
 
 from minids.config import preset
@@ -46,6 +47,7 @@ from minids.model import Transformer
 from minids.train import TrainConfig, make_optimizer, train_step
 
 BATCH = 64
+SMOKE_BATCH, SMOKE_MATMUL_N = 8, 256
 
 
 def dense_twin():
@@ -67,38 +69,39 @@ def dense_twin():
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
-    repeats, steps = (4, 5) if args.quick else (10, 5)
-    clock = MatmulClock()
+    n_repeats, steps = repeats(args, full=10, quick=4), 1 if args.smoke else 5
+    B = SMOKE_BATCH if args.smoke else BATCH
+    ticks = 1 if args.smoke else 2
+    clock = MatmulClock(SMOKE_MATMUL_N) if args.smoke else MatmulClock()
     cfgs = {"tiny_v3": preset("tiny_v3"), "dense": dense_twin()}
     rng = np.random.default_rng(0)
     T = cfgs["tiny_v3"].max_seq_len
     batch = {
-        "inputs": jnp.asarray(rng.integers(3, 99, (BATCH, T)), jnp.int32),
-        "targets": jnp.asarray(rng.integers(3, 99, (BATCH, T)), jnp.int32),
-        "loss_mask": jnp.ones((BATCH, T), jnp.float32),
+        "inputs": jnp.asarray(rng.integers(3, 99, (B, T)), jnp.int32),
+        "targets": jnp.asarray(rng.integers(3, 99, (B, T)), jnp.int32),
+        "loss_mask": jnp.ones((B, T), jnp.float32),
     }
     runs = {}
     for name, cfg in cfgs.items():
         model = Transformer(cfg)
         optimizer = make_optimizer(model, TrainConfig())
         t0 = time.perf_counter()
-        for _ in range(3):
+        for _ in range(1 if args.smoke else 3):  # compile, then two warm-up steps (not in smoke)
             jax.block_until_ready(train_step(model, optimizer, batch))
         log(f"  {name}: compiled and warm in {time.perf_counter() - t0:.1f} s")
         runs[name] = (model, optimizer)
     times = {name: [] for name in runs}
-    for _ in range(repeats):
-        clock.tick(2)
+    for _ in range(n_repeats):
+        clock.tick(ticks)
         for name, (model, optimizer) in runs.items():
             t = time.perf_counter()
             for _ in range(steps):
                 metrics = train_step(model, optimizer, batch)
             jax.block_until_ready(metrics)
             times[name].append((time.perf_counter() - t) / steps)
-    clock.tick(2)
+    clock.tick(ticks)
     report = {
         "backend": jax.default_backend(),
         "jax_version": jax.__version__,
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         step = float(np.median(times[name]))
         fpt = training_flops_per_token(cfg, T)
         counts = param_counts(cfg)
-        tokens_per_s = BATCH * T / step
+        tokens_per_s = B * T / step
         report["models"][name] = {
             "params": counts.total,
             "activated_params": counts.activated,
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     print(
         f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
-        f"train_step on {BATCH} x {T} tokens; measured matmul rate {clock.gflops:.0f} GFLOP/s"
+        f"train_step on {B} x {T} tokens; measured matmul rate {clock.gflops:.0f} GFLOP/s"
     )
     rows = [
         ("parameters, total", lambda r: f"{r['params']:,}"),

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_moe.py            # both sizes, a readable table (about a minute on CPU)
     python benchmarks/bench_moe.py --quick    # fewer repeats
+    python benchmarks/bench_moe.py --smoke    # smallest shapes, 1 repeat: checks it runs
     python benchmarks/bench_moe.py --json     # one JSON object on stdout, nothing else
 
 What it measures, for each size: the forward and backward pass of `minids.moe.MoE` (gradients
@@ -47,7 +48,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from _common import interleaved_ms, log, print_columns
+from _common import add_run_flags, interleaved_ms, log, print_columns, repeats
 from flax import nnx
 
 from minids.config import preset
@@ -71,6 +72,7 @@ SIZES = {
         10,
     ),
 }
+SMOKE_BATCH, SMOKE_SEQ_LEN = 8, 16
 
 
 def forward_backward(module: nnx.Module, x: jax.Array):
@@ -91,10 +93,12 @@ def forward_backward(module: nnx.Module, x: jax.Array):
     return lambda: grad(state, x)
 
 
-def bench_size(name: str, quick: bool) -> dict:
-    preset_name, batch, seq_len, fields, repeats = SIZES[name]
-    if quick:
-        repeats = max(3, repeats // 3)
+def bench_size(name: str, args: argparse.Namespace) -> dict:
+    preset_name, batch, seq_len, fields, full_repeats = SIZES[name]
+    n_repeats = repeats(args, full_repeats, quick=max(3, full_repeats // 3))
+    n_repeats_ref = 1 if args.smoke else max(3, n_repeats // 3)
+    if args.smoke:
+        batch, seq_len = SMOKE_BATCH, SMOKE_SEQ_LEN
     moe_cfg = MoEConfig(**fields)
     cfg = preset(preset_name, moe=moe_cfg)
     dense_width = (moe_cfg.experts_per_token + moe_cfg.n_shared_experts) * moe_cfg.expert_ffn_dim
@@ -112,9 +116,15 @@ def bench_size(name: str, quick: bool) -> dict:
     # Two pairs, each call timed right after the other of its pair: what ran just before a call
     # moves its time by several percent (an MoE layer after the reference dispatch, which sweeps
     # E times the memory, ran 4-6% slower at `tiny` than after the dense layer).
-    ms = interleaved_ms({k: calls[k] for k in ("dense", "fast")}, repeats, label=f"{name}: ")
+    warm_up = not args.smoke
+    ms = interleaved_ms(
+        {k: calls[k] for k in ("dense", "fast")}, n_repeats, label=f"{name}: ", warm_up=warm_up
+    )
     ms_ref = interleaved_ms(
-        {k: calls[k] for k in ("dense", "reference")}, max(3, repeats // 3), label=f"{name}: "
+        {k: calls[k] for k in ("dense", "reference")},
+        n_repeats_ref,
+        label=f"{name}: ",
+        warm_up=warm_up,
     )
     ms["reference"] = ms_ref["reference"] * ms["dense"] / ms_ref["dense"]
     return {
@@ -164,8 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         action="append",
         help="measure only this size (repeatable; default: tiny and small)",
     )
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     report = {
@@ -174,9 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "sizes": {},
     }
-    for name in args.size or list(SIZES):
+    for name in args.size or (["tiny"] if args.smoke else list(SIZES)):
         log(f"{name}:")
-        report["sizes"][name] = bench_size(name, args.quick)
+        report["sizes"][name] = bench_size(name, args)
     log(f"done in {time.perf_counter() - t0:.0f} s")
     if args.json:
         print(json.dumps(report))

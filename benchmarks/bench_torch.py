@@ -2,6 +2,7 @@
 
     python benchmarks/bench_torch.py           # a table (about a minute on 2 CPU cores, plus compiling)
     python benchmarks/bench_torch.py --quick   # fewer repeats
+    python benchmarks/bench_torch.py --smoke   # smallest shapes, 1 repeat: checks it runs
     python benchmarks/bench_torch.py --json    # one JSON object on stdout, nothing else
 
 Needs torch (the `parity` extra). Why it exists: bench_train.py's target, 60% of the matmul rate
@@ -53,7 +54,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import interleaved_ms, log, print_columns
+from _common import add_run_flags, interleaved_ms, log, print_columns, repeats
 from bench_train import flops_per_token  # the same model-FLOP formula as bench_train's fraction
 
 from minids.config import preset
@@ -63,6 +64,8 @@ from minids.train import TrainConfig, make_optimizer, train_step
 
 BATCH = 16
 MATMUL_N = 2048
+# --smoke: `small` cut to this many layers and tokens per sequence, the batch, the matmul size
+SMOKE_LAYERS, SMOKE_SEQ_LEN, SMOKE_BATCH, SMOKE_MATMUL_N = 1, 32, 2, 256
 
 
 def torch_model(cfg):
@@ -161,8 +164,7 @@ def torch_step(model, inputs, targets):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
     try:
         import torch
@@ -170,16 +172,20 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("bench_torch.py needs torch: pip install -e '.[parity]'") from err
     t0 = time.perf_counter()
     cfg = preset("small")
+    B, matmul_n = BATCH, MATMUL_N
+    if args.smoke:
+        cfg = cfg.replace(n_layers=SMOKE_LAYERS, max_seq_len=SMOKE_SEQ_LEN)
+        B, matmul_n = SMOKE_BATCH, SMOKE_MATMUL_N
     T = cfg.max_seq_len
     fpt = flops_per_token(cfg, T)
     rng = np.random.default_rng(0)
-    tokens = {k: rng.integers(3, cfg.vocab_size, (BATCH, T)) for k in ("inputs", "targets")}
+    tokens = {k: rng.integers(3, cfg.vocab_size, (B, T)) for k in ("inputs", "targets")}
 
     model = Transformer(cfg)
     optimizer = make_optimizer(model, TrainConfig())
     batch = {k: jnp.asarray(v, jnp.int32) for k, v in tokens.items()}
-    batch["loss_mask"] = jnp.ones((BATCH, T), jnp.float32)
-    a = jax.random.normal(jax.random.key(0), (MATMUL_N, MATMUL_N), jnp.float32)
+    batch["loss_mask"] = jnp.ones((B, T), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (matmul_n, matmul_n), jnp.float32)
     jax_matmul = jax.jit(lambda a: a @ a)
 
     torch.manual_seed(0)
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     inputs, targets = (torch.from_numpy(tokens[k]).long() for k in ("inputs", "targets"))
     step = torch_step(module, inputs, targets)
-    at, out = torch.randn(MATMUL_N, MATMUL_N), torch.empty(MATMUL_N, MATMUL_N)
+    at, out = torch.randn(matmul_n, matmul_n), torch.empty(matmul_n, matmul_n)
 
     calls = {
         "minids": lambda: train_step(model, optimizer, batch),
@@ -209,9 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"  torch.compile failed ({type(err).__name__}: {str(err)[:200]}); torch_compiled is null"
         )
     samples: dict[str, list[float]] = {}
-    ms = interleaved_ms(calls, 4 if args.quick else 12, samples=samples)
+    ms = interleaved_ms(
+        calls, repeats(args, full=12, quick=4), samples=samples, warm_up=not args.smoke
+    )
 
-    matmul_flops = 2 * MATMUL_N**3  # GFLOP/s = FLOPs / ms / 1e6
+    matmul_flops = 2 * matmul_n**3  # GFLOP/s = FLOPs / ms / 1e6
     rates = {fw: matmul_flops / ms.pop(f"{fw}_matmul") / 1e6 for fw in ("jax", "torch")}
     best = {fw: matmul_flops / min(samples[f"{fw}_matmul"]) / 1e6 for fw in ("jax", "torch")}
     steps = {}
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
             steps[name] = None
             continue
         fw = "jax" if name == "minids" else "torch"
-        gflops = fpt * BATCH * T / ms[name] / 1e6
+        gflops = fpt * B * T / ms[name] / 1e6
         steps[name] = {
             "step_ms": ms[name],
             "matmul_fraction": gflops / rates[fw],
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_version": torch.__version__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "batch": BATCH,
+        "batch": B,
         "seq_len": T,
         "flops_per_token": fpt,
         "jax_matmul_gflops": rates["jax"],
@@ -249,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"jax {report['jax_version']} (float32 matmul {rates['jax']:.0f} GFLOP/s), torch "
             f"{report['torch_version']} ({rates['torch']:.0f} GFLOP/s, {report['torch_threads']} threads), "
-            f"{report['cpu_count']} CPUs; `small`, {BATCH} x {T} tokens per step, medians"
+            f"{report['cpu_count']} CPUs; {cfg.n_layers}-layer `small`, {B} x {T} tokens per step, "
+            "medians"
         )
         shown = {k: v for k, v in steps.items() if v is not None}
         print_columns(

@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                  # both presets, a table (~1.5 min, 2 cores)
     python benchmarks/bench_train.py --preset small   # one preset
     python benchmarks/bench_train.py --quick          # fewer repeats (~45 s)
+    python benchmarks/bench_train.py --smoke          # smallest shapes, 1 repeat: checks it runs
     python benchmarks/bench_train.py --json           # one JSON object on stdout, nothing else
 
 What it measures, for each preset:
@@ -66,7 +67,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import log, print_columns
+from _common import add_run_flags, log, print_columns, repeats
 from flax import nnx
 
 from minids.config import preset
@@ -79,6 +80,8 @@ from minids.train import TrainConfig, make_optimizer, train_step
 TRAIN_SHAPES = {"tiny": (64, 10, 5), "small": (16, 8, 1)}
 GEN_BATCH, GEN_PROMPT_LEN, GEN_NEW_TOKENS = 8, 8, 128
 MATMUL_N = 2048
+# --smoke: the training batch, the generation (batch, prompt length, new tokens), the matmul size
+SMOKE_BATCH, SMOKE_GEN, SMOKE_MATMUL_N = 8, (2, 8, 8), 256
 
 
 def _linear_weights(model: Transformer) -> int:
@@ -115,10 +118,11 @@ class MatmulClock:
         return 2 * self.n**3 / self.best / 1e9
 
 
-def bench_train(name: str, clock: MatmulClock, quick: bool) -> dict:
-    batch_size, repeats, steps = TRAIN_SHAPES[name]
-    if quick:
-        repeats = max(3, repeats // 2)
+def bench_train(name: str, clock: MatmulClock, args: argparse.Namespace) -> dict:
+    batch_size, full_repeats, steps = TRAIN_SHAPES[name]
+    n_repeats = repeats(args, full_repeats, quick=max(3, full_repeats // 2))
+    if args.smoke:
+        batch_size, steps = SMOKE_BATCH, 1
     cfg = preset(name)
     seq_len = cfg.max_seq_len
     model = Transformer(cfg)
@@ -131,19 +135,20 @@ def bench_train(name: str, clock: MatmulClock, quick: bool) -> dict:
         "loss_mask": jnp.ones((batch_size, seq_len), jnp.float32),
     }
     t0 = time.perf_counter()
-    for _ in range(3):  # compile, then two warm-up steps
+    for _ in range(1 if args.smoke else 3):  # compile, then two warm-up steps (not in smoke)
         jax.block_until_ready(train_step(model, optimizer, batch))
     log(f"  {name}: train_step compiled and warm in {time.perf_counter() - t0:.1f} s")
     fpt = flops_per_token(cfg, seq_len)
     times, paired = [], []
-    for _ in range(repeats):
-        before = clock.tick(2)
+    ticks = 1 if args.smoke else 2
+    for _ in range(n_repeats):
+        before = clock.tick(ticks)
         t = time.perf_counter()
         for _ in range(steps):
             metrics = train_step(model, optimizer, batch)
         jax.block_until_ready(metrics)
         times.append((time.perf_counter() - t) / steps)
-        around = max(before, clock.tick(2))  # the matmul rate right around this repeat
+        around = max(before, clock.tick(ticks))  # the matmul rate right around this repeat
         paired.append(fpt * batch_size * seq_len / times[-1] / 1e9 / around)
     step = float(np.median(times))
     tokens_per_s = batch_size * seq_len / step
@@ -162,23 +167,21 @@ def bench_train(name: str, clock: MatmulClock, quick: bool) -> dict:
     }
 
 
-def bench_generate(name: str, quick: bool) -> dict:
+def bench_generate(name: str, args: argparse.Namespace) -> dict:
+    batch, prompt_len, new_tokens = (
+        SMOKE_GEN if args.smoke else (GEN_BATCH, GEN_PROMPT_LEN, GEN_NEW_TOKENS)
+    )
     model = Transformer(preset(name))
     rng = np.random.default_rng(1)
     prompts = [
-        list(map(int, rng.integers(3, model.cfg.vocab_size, GEN_PROMPT_LEN)))
-        for _ in range(GEN_BATCH)
+        list(map(int, rng.integers(3, model.cfg.vocab_size, prompt_len))) for _ in range(batch)
     ]
-    kwargs = dict(max_new_tokens=GEN_NEW_TOKENS, eos_id=-1)  # no EOS: every sequence runs to 128
-    result = {
-        "gen_batch": GEN_BATCH,
-        "gen_prompt_len": GEN_PROMPT_LEN,
-        "gen_new_tokens": GEN_NEW_TOKENS,
-    }
+    kwargs = dict(max_new_tokens=new_tokens, eos_id=-1)  # no EOS: every sequence runs to the end
+    result = {"gen_batch": batch, "gen_prompt_len": prompt_len, "gen_new_tokens": new_tokens}
     outputs = {}
-    for label, fn, repeats in (
-        ("cached", generate, 3 if quick else 5),
-        ("recompute", generate_recompute, 1 if quick else 2),
+    for label, fn, n_repeats in (
+        ("cached", generate, repeats(args, full=5, quick=3)),
+        ("recompute", generate_recompute, repeats(args, full=2, quick=1)),
     ):
         t0 = time.perf_counter()
         fn(model, prompts, **kwargs)  # compile + one run
@@ -186,11 +189,11 @@ def bench_generate(name: str, quick: bool) -> dict:
             f"  {name}: {label} generation compiled and run once in {time.perf_counter() - t0:.1f} s"
         )
         times = []
-        for _ in range(repeats):
+        for _ in range(n_repeats):
             t = time.perf_counter()
             outputs[label] = fn(model, prompts, **kwargs).tokens
             times.append(time.perf_counter() - t)
-        result[f"{label}_tokens_per_s"] = GEN_BATCH * GEN_NEW_TOKENS / float(np.median(times))
+        result[f"{label}_tokens_per_s"] = batch * new_tokens / float(np.median(times))
     if not np.array_equal(outputs["cached"], outputs["recompute"]):
         log(
             f"  {name}: WARNING cached and recomputed greedy tokens differ "
@@ -200,10 +203,10 @@ def bench_generate(name: str, quick: bool) -> dict:
     return result
 
 
-def print_table(report: dict) -> None:
+def print_table(report: dict, matmul_n: int) -> None:
     print(
         f"backend {report['backend']}, jax {report['jax_version']}, {report['cpu_count']} CPUs; "
-        f"dense float32 matmul ({MATMUL_N}^2, best of run): {report['matmul_gflops']:.0f} GFLOP/s"
+        f"dense float32 matmul ({matmul_n}^2, best of run): {report['matmul_gflops']:.0f} GFLOP/s"
     )
     rows = [
         ("training batch (B x T)", lambda r: f"{r['batch']} x {r['seq_len']}"),
@@ -233,14 +236,13 @@ def main(argv: list[str] | None = None) -> dict:
         action="append",
         help="measure only this preset (repeatable; default: tiny and small)",
     )
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
-    names = args.preset or list(TRAIN_SHAPES)
+    names = args.preset or (["tiny"] if args.smoke else list(TRAIN_SHAPES))
 
     t0 = time.perf_counter()
-    clock = MatmulClock()
-    clock.tick(5)
+    clock = MatmulClock(SMOKE_MATMUL_N if args.smoke else MATMUL_N)
+    clock.tick(1 if args.smoke else 5)
     report = {
         "backend": jax.default_backend(),
         "jax_version": jax.__version__,
@@ -250,8 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         log(f"{name}:")
         report["presets"][name] = {
-            **bench_train(name, clock, args.quick),
-            **bench_generate(name, args.quick),
+            **bench_train(name, clock, args),
+            **bench_generate(name, args),
         }
     report["matmul_gflops"] = clock.gflops
     for r in report["presets"].values():
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(report))
     else:
-        print_table(report)
+        print_table(report, clock.n)
     return report
 
 

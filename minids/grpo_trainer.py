@@ -31,12 +31,13 @@ the single source that `python -m minids grpo --help` reads its options from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, no_type_check
+from typing import Any, NamedTuple, no_type_check
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,14 @@ from jaxtyping import Array, Bool, Float, Int
 from minids.config import check_bool, check_choice, check_int, check_number
 from minids.data import CharTokenizer
 from minids.generate import generate, left_pad
-from minids.grpo import LOSS_TYPES, RATIO_LEVELS, SCALE_REWARDS, group_advantages, grpo_loss
+from minids.grpo import (
+    LOSS_TYPES,
+    RATIO_LEVELS,
+    SCALE_REWARDS,
+    LossSettings,
+    group_advantages,
+    grpo_loss,
+)
 from minids.model import Transformer
 from minids.rewards import REWARDS, TEMPLATES, RewardFn, format_reward
 from minids.train import progress_bar, save_checkpoint
@@ -273,10 +281,28 @@ def score_completions(
     return _logprobs(model, prompt_tokens, prompt_mask, tokens, temperature)
 
 
+class LossFields(NamedTuple):
+    """The fields of a GRPOConfig that the loss reads (`minids.grpo.LossSettings`), and no others."""
+
+    group_size: int
+    loss_type: str
+    ratio_level: str
+    epsilon_low: float
+    epsilon_high: float
+    beta: float
+
+    @classmethod
+    def of(cls, cfg: LossSettings) -> LossFields:
+        return cls(*(getattr(cfg, name) for name in cls._fields))
+
+
 @nnx.jit(static_argnames=("cfg",))
-def grpo_step(model, optimizer, batch: dict[str, Array], cfg: GRPOConfig):
+def grpo_step(model, optimizer, batch: dict[str, Array], cfg: LossSettings):
     """One gradient step on -J. With no "old_logp" in the batch (mu = 1) pi_old is pi_theta itself,
-    held constant, so every ratio is exactly 1."""
+    held constant, so every ratio is exactly 1.
+
+    `cfg` is compiled in (static): pass `LossFields.of(cfg)`, as the trainer does, so that runs that
+    differ only in seed or number of steps share one compiled step."""
 
     def loss_fn(model):
         logp = _logprobs(
@@ -296,11 +322,17 @@ def grpo_step(model, optimizer, batch: dict[str, Array], cfg: GRPOConfig):
 
 def make_grpo_optimizer(model: Transformer, cfg: GRPOConfig) -> nnx.Optimizer:
     """AdamW at a constant learning rate, gradients clipped by global norm."""
-    tx = optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(cfg.lr, b1=0.9, b2=0.99, weight_decay=cfg.weight_decay),
+    return nnx.Optimizer(model, _transform(cfg.lr, cfg.weight_decay, cfg.grad_clip), wrt=nnx.Param)
+
+
+@functools.cache
+def _transform(lr: float, weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
+    # One transform object per setting: nnx.jit compiles it into `grpo_step`, so runs that differ
+    # only in seed or steps share one compiled step (as `minids.train.make_optimizer` does).
+    return optax.chain(
+        optax.clip_by_global_norm(grad_clip),
+        optax.adamw(lr, b1=0.9, b2=0.99, weight_decay=weight_decay),
     )
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
 # --------------------------------------------------------------------------------- evaluation
@@ -426,6 +458,7 @@ def train_grpo(
 
     run_eval(0)
     eval_seconds, t_start = 0.0, time.perf_counter()
+    loss_fields = LossFields.of(cfg)  # what the compiled step depends on: not the seed or steps
     for step in progress_bar(range(cfg.steps), disable=not progress):
         idx = np.random.default_rng([cfg.seed, step]).choice(
             len(train_examples), cfg.prompts_per_step, replace=False
@@ -456,7 +489,7 @@ def train_grpo(
         if cfg.mu > 1:
             batch["old_logp"] = score_completions(model, *seqs)
         for _ in range(cfg.mu):
-            metrics = grpo_step(model, optimizer, batch, cfg)
+            metrics = grpo_step(model, optimizer, batch, loss_fields)
         metrics = {k: float(v) for k, v in metrics.items()}
         t2 = time.perf_counter()
         history.gen_seconds += t1 - t0

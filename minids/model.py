@@ -85,7 +85,12 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """A decoder-only language model: `model(tokens)` gives logits (B, T, V) in float32."""
+    """A decoder-only language model: `model(tokens)` gives logits (B, T, V) in float32.
+
+    The weights are drawn from `nnx.Rngs(cfg.seed)` unless `rngs` is given. To train one config
+    from several seeds, pass `rngs=nnx.Rngs(seed)` and keep `cfg`: the config is part of what
+    `nnx.jit` compiles, so the runs then share one compiled train step.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
         if not isinstance(cfg, ModelConfig):

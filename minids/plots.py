@@ -108,3 +108,21 @@ def plot_error_histograms(
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def print_table(headers: list[str], rows: list[list], widths: list[int] | None = None) -> None:
+    """Print `rows` under `headers` in aligned columns: the first left-aligned, the rest right.
+
+    Cells are printed as given (format numbers before passing them); `widths` defaults to the
+    widest cell of each column plus two spaces.
+    """
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    if widths is None:
+        widths = [max(len(row[i]) for row in cells) + 2 for i in range(len(headers))]
+    for row in cells:
+        print(
+            "".join(
+                f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )

@@ -7,7 +7,15 @@
 - `data/` holds the shipped splits; a session fixture checks that no test changed a byte of it.
 - One XLA compilation cache for the whole run, shared by the xdist workers and by the processes the
   tests start (notebook kernels, benchmark scripts, the CLI): many tests compile the same small
-  programs, which are then compiled once. A fresh folder per run, so no run reads another's.
+  programs, which are then compiled once. A fresh folder per run, so no run reads another's. Every
+  compilation is kept, however quick: building a model compiles one small program per weight shape,
+  and a notebook kernel or a CLI run would otherwise compile them all again.
+- XLA compiles with most optimizations off (`jax_disable_most_optimizations`), here and in the
+  processes the tests start. At these shapes a test spends most of its time compiling, and this
+  takes about a third off the run. The tests check what is computed, which does not depend on how
+  hard the compiler worked; `test_optimized_build_computes_the_same` runs a model with full
+  optimization and compares it with this build, and `make bench` and `make notebooks` use the
+  optimized build.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 _run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"solo-{os.getpid()}"
 _cache = Path(tempfile.gettempdir()) / f"minids-xla-cache-{_run}"
 os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_cache)  # the processes tests start inherit it
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
 jax.config.update("jax_compilation_cache_dir", str(_cache))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_disable_most_optimizations", True)
 
 settings.register_profile(
     "minids",
@@ -72,3 +82,20 @@ def cfg() -> ModelConfig:
         ffn_dim=64,
         max_seq_len=24,
     )
+
+
+# The longest tests first (notebooks in smoke mode, then the benchmark scripts, then the graders):
+# the two xdist workers then share out the many short ones at the end, instead of one worker
+# starting a two-minute notebook when the other has nothing left to do.
+_FIRST = (
+    "tests/test_notebooks.py::test_notebook_runs",
+    "tests/test_benchmarks.py",
+    "tests/test_exercises.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next((i for i, p in enumerate(_FIRST) if item.nodeid.startswith(p)), len(_FIRST))
+
+    items.sort(key=rank)  # stable: within a rank, the usual order

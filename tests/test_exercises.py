@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from minids.grading import SOLUTIONS_ENV, junit_counts, junit_results
+from minids.grading import SOLUTIONS_ENV, junit_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,26 +46,35 @@ EXERCISES = {
 }
 
 
-def run_grader(exercise: str, tmp_path: Path, *, solutions: bool) -> tuple[Path, str]:
-    """Run `pytest exercises/test_<exercise>.py` from the repository root; return its junit report."""
+def run_graders(folder: Path, *, solutions: bool) -> tuple[dict[str, tuple[str, str]], str]:
+    """Run `pytest exercises/` from the repository root, as a class would; return its results
+    ({test id: (outcome, message)}) and what it printed."""
     env = {key: value for key, value in os.environ.items() if key != SOLUTIONS_ENV}
     if solutions:
         env[SOLUTIONS_ENV] = "solutions"
-    report = tmp_path / f"{exercise}-{'solutions' if solutions else 'stub'}.xml"
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        f"exercises/test_{exercise}.py",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        f"--junitxml={report}",
-    ]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    output = f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}"
-    assert report.exists(), f"the grader wrote no report:\n{output}"
-    return report, output
+    report = folder / f"{'solutions' if solutions else 'stubs'}.xml"
+    command = [sys.executable, "-m", "pytest", "exercises", "-p", "no:cacheprovider", "-q"]
+    command.append(f"--junitxml={report}")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    output = f"$ {' '.join(command)}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    assert report.exists(), f"the graders wrote no report:\n{output}"
+    return junit_results(report), output
+
+
+# All the graders run in one process per side (not one per exercise): each process pays for
+# starting Python and JAX, and the graders share many compiled programs.
+@pytest.fixture(scope="session")
+def on_solutions(tmp_path_factory):
+    return run_graders(tmp_path_factory.mktemp("graders"), solutions=True)
+
+
+@pytest.fixture(scope="session")
+def on_stubs(tmp_path_factory):
+    return run_graders(tmp_path_factory.mktemp("graders"), solutions=False)
+
+
+def of_exercise(results: dict[str, tuple[str, str]], exercise: str) -> dict[str, tuple[str, str]]:
+    return {test: r for test, r in results.items() if f"test_{exercise}" in test.split("::")[0]}
 
 
 def load_stub(exercise: str):
@@ -77,26 +86,32 @@ def load_stub(exercise: str):
 
 
 @pytest.mark.parametrize("exercise", sorted(EXERCISES))
-def test_grader_passes_on_solutions(exercise, tmp_path):
-    report, output = run_grader(exercise, tmp_path, solutions=True)
-    counts = junit_counts(report)
+def test_grader_passes_on_solutions(exercise, on_solutions):
+    all_results, output = on_solutions
+    results = of_exercise(all_results, exercise)
     fewest = EXERCISES[exercise][1]
-    assert counts["tests"] >= fewest, f"expected at least {fewest} checks, found {counts}\n{output}"
-    assert counts["passed"] == counts["tests"], (
-        f"the solutions should pass every check: {counts}\n{output}"
+    assert len(results) >= fewest, (
+        f"expected at least {fewest} checks, found {len(results)}\n{output}"
     )
+    not_passed = {test: r for test, r in results.items() if r[0] != "passed"}
+    assert not not_passed, f"the solutions should pass every check: {not_passed}\n{output}"
 
 
 @pytest.mark.parametrize("exercise", sorted(EXERCISES))
-def test_grader_fails_every_check_on_stub(exercise, tmp_path):
-    report, output = run_grader(exercise, tmp_path, solutions=False)
-    results = junit_results(report)
+def test_grader_fails_every_check_on_stub(exercise, on_stubs):
+    all_results, output = on_stubs
+    results = of_exercise(all_results, exercise)
     assert len(results) >= EXERCISES[exercise][1], output
     not_failed = {test: outcome for test, (outcome, _) in results.items() if outcome != "failed"}
     assert not not_failed, f"on the stub every check should fail, but: {not_failed}\n{output}"
     # ... and fail cleanly, saying what to do, rather than with a NotImplementedError traceback.
     unclear = {test: msg for test, (_, msg) in results.items() if "not implemented yet" not in msg}
     assert not unclear, f"failures that do not say 'not implemented yet': {unclear}\n{output}"
+
+
+def test_every_grader_is_covered():
+    graders = {p.stem.removeprefix("test_") for p in (ROOT / "exercises").glob("test_*.py")}
+    assert graders == set(EXERCISES), f"add to EXERCISES: {sorted(graders - set(EXERCISES))}"
 
 
 def parameters(function) -> list[tuple[str, object]]:

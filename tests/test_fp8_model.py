@@ -206,7 +206,7 @@ def test_tiny_v3_trains_in_fp8_with_mla_projections_in_fp8():
     """DeepSeek-V3's architecture at toy size with V3's FP8 recipe: MLA projections and experts in FP8."""
     from minids.config import preset
 
-    cfg = preset("tiny_v3").with_precision("fp8")
+    cfg = preset("tiny_v3", n_layers=2).with_precision("fp8")  # one dense, one MoE layer
     model = Transformer(cfg)
     attn = model.blocks[0].attn
     assert all(

@@ -7,6 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from minids.config import ModelConfig, moe_param_counts
 from minids.data import CharTokenizer, encode_examples, load_split
@@ -122,13 +123,14 @@ def test_fit_logs_max_vio_and_checkpoints_keep_the_bias(moe_cfg, tmp_path):
 def test_kv_cache_decoding_matches_the_full_forward_for_an_moe_model(moe_cfg):
     model = Transformer(moe_cfg)
     tokens = jnp.asarray(np.random.default_rng(0).integers(3, 99, size=(2, 9)), jnp.int32)
-    full = model(tokens)
+    full = nnx.jit(lambda m, t: m(t))(model, tokens)
     cache = model.init_cache(2, 9)
     positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
-    logits, cache = model.forward_cached(tokens[:, :5], positions[:, :5], cache)
+    step = nnx.jit(lambda m, t, p, c: m.forward_cached(t, p, c))  # compiled once per shape
+    logits, cache = step(model, tokens[:, :5], positions[:, :5], cache)
     steps = [logits]
     for t in range(5, 9):
-        logits, cache = model.forward_cached(tokens[:, t : t + 1], positions[:, t : t + 1], cache)
+        logits, cache = step(model, tokens[:, t : t + 1], positions[:, t : t + 1], cache)
         steps.append(logits)
     np.testing.assert_allclose(
         np.asarray(jnp.concatenate(steps, axis=1)), np.asarray(full), atol=1e-5
