@@ -2,13 +2,20 @@
 
 A mixture-of-experts layer has E small feed-forward networks, the experts, and sends each token to
 only K of them. The router decides which, and how much each chosen expert's output counts. You will
-write the three pieces of DeepSeek-V3's router (arXiv 2412.19437, §2.1.2), in plain JAX:
+write the pieces of DeepSeek-V3's router (arXiv 2412.19437, §2.1.2), in plain JAX:
 
 1. `sigmoid_topk_router`: choose K experts per token and give each a gate value.
 2. `expert_load`: measure what fraction of the work each expert got.
 3. `aux_free_bias_update`: nudge a per-expert bias so that the load evens out over training.
+   (Notebook 01 writes 1 in numpy; 2 and 3 are short.) Then the next pieces, which it does not:
+4. `select_experts`: the router with group-limited routing (V3's node-limited routing, V2's
+   device-limited routing), for V3 (sigmoid, bias) and V2 (softmax, no bias) configurations.
+5. `sequence_aux_loss`: V3's complementary sequence-wise balance loss (eqs. 17-20).
 
-Shapes use one set of letters: T tokens, E experts, K experts per token.
+Shapes use one set of letters: B sequences, T tokens, E experts, K experts per token.
+
+Points: 40 in all (sigmoid_topk_router 9, expert_load 2, aux_free_bias_update 4, select_experts
+16, sequence_aux_loss 9); a check is worth 1 point unless its line below says 2.
 
 How to work:
 - Replace each `raise NotImplementedError` with your code. Keep the names and signatures.
@@ -27,6 +34,8 @@ from __future__ import annotations
 import jax  # noqa: F401  (you will want jax.nn.sigmoid, jax.lax.top_k, jax.nn.one_hot)
 import jax.numpy as jnp  # noqa: F401  (you will want jnp)
 from jaxtyping import Array, Float, Int
+
+from minids.config import MoEConfig
 
 
 def sigmoid_topk_router(
@@ -63,7 +72,7 @@ def sigmoid_topk_router(
         - `jnp.take_along_axis(s, indices, axis=-1)` picks s[t, indices[t, j]] for every t and j.
         - The bias has shape (E,) and the scores (T, E): write `bias[None, :]` to add it to every row.
 
-    The grader checks: shapes and dtypes; k different experts per token; the highest scores win
+    The grader checks (9 points, 1 per check): shapes and dtypes; k different experts per token; the highest scores win
     when the bias is zero; gates equal route_scale * s / sum(s) over the chosen, hand-computed;
     gates sum to route_scale; a bias changes which experts are chosen but the gates still come from
     the unbiased scores; a bias equal for all experts changes nothing; it works under `jax.jit`, and
@@ -88,7 +97,7 @@ def expert_load(indices: Int[Array, "T K"], n_experts: int) -> Float[Array, " E"
 
     Hint: `jax.nn.one_hot(indices, n_experts)` is (T, K, E); sum it over the first two axes.
 
-    The grader checks: the example above; the load sums to 1; shape (E,) even when some experts
+    The grader checks (2 points, 1 per check): the example above; the load sums to 1; shape (E,) even when some experts
     are never chosen.
     """
     raise NotImplementedError
@@ -120,8 +129,88 @@ def aux_free_bias_update(
 
     Hint: `jnp.sign(x)` is -1, 0 or +1.
 
-    The grader checks: a hand-worked example with one expert over, one under and two at the mean;
+    The grader checks (4 points, 1 per check): a hand-worked example with one expert over, one under and two at the mean;
     that `speed` is used; shape and dtype; and that calling router -> load -> update repeatedly on a
     router that prefers a few experts brings the load close to balance.
+    """
+    raise NotImplementedError
+
+
+def select_experts(
+    scores: Float[Array, "T E"], bias: Float[Array, " E"], cfg: MoEConfig
+) -> tuple[Int[Array, "T K"], Float[Array, "T K"]]:
+    """Group-limited routing: each token picks its K experts inside its best few groups of experts.
+
+    Why. With expert parallelism the E experts live on different devices (V3: nodes), E / n_groups
+    per group, and a token sent to experts in many groups costs communication to each. V3 limits
+    every token to `cfg.groups_per_token` groups (M = 4 of 8 nodes, §2.1.2); V2 did the same
+    per device (§2.1.3). Within the allowed groups the router picks the top K as before.
+
+    The steps, for each token (row of `scores`, the affinities s: sigmoid or softmax of the logits):
+
+    1. biased = s + bias if `cfg.uses_bias` (aux-free balancing), else s.
+    2. If `cfg.n_groups > 1`: split the E experts into n_groups consecutive groups of E / n_groups
+       (group g holds experts g*E/G ... (g+1)*E/G - 1) and score each group:
+         - V3 (`cfg.uses_bias`): the sum of the group's 2 highest biased scores;
+         - V2 (no bias): the group's highest score.
+       Keep the `cfg.groups_per_token` best groups; every expert outside them is out of the race
+       (set its biased score to -inf).
+    3. The K = `cfg.experts_per_token` experts with the highest biased scores are chosen.
+    4. The gates use the unbiased s of the chosen experts; if `cfg.renormalizes` (sigmoid gates),
+       divide them by their sum over the K; finally multiply by `cfg.route_scale`.
+
+    Args:
+        scores: (T, E) affinities, float32.
+        bias: (E,) the aux-free bias (zeros when balancing does not use one).
+        cfg: a `minids.config.MoEConfig`; read n_routed_experts, experts_per_token, n_groups,
+            groups_per_token, route_scale and the two properties uses_bias and renormalizes.
+
+    Returns:
+        (indices, gates): int32 (T, K) expert ids and float32 (T, K) gate values.
+
+    Hints: `scores.reshape(T, n_groups, E // n_groups)`; `jax.lax.top_k` works on the last axis;
+    `jax.nn.one_hot(best_groups, n_groups).any(axis=1)` marks the chosen groups; `jnp.repeat(...,
+    E // n_groups, axis=1)` stretches a (T, G) group mask to (T, E).
+
+    The grader checks (16 points): shapes and dtypes (1); with one group it is the plain router
+    (1); a group's score is the sum of its top 2, not its best expert (2); V2's group score is
+    its max and its softmax gates are not renormalised (2); every token's experts lie in at most
+    groups_per_token groups (2); the bias decides the groups but not the gates (2); route_scale
+    (1); agreement with a numpy version in the grader (2); it works under `jax.jit` (2);
+    an expert outside the chosen groups is never picked, however high its score (1).
+    """
+    raise NotImplementedError
+
+
+def sequence_aux_loss(
+    scores: Float[Array, "B T E"], indices: Int[Array, "B T K"], alpha: float
+) -> Float[Array, ""]:
+    """V3's complementary sequence-wise balance loss (eqs. 17-20), averaged over the B sequences.
+
+    Aux-free balancing evens the load over many batches; this small loss (alpha = 1e-4 in V3)
+    also stops a single sequence from sending all its tokens to a few experts. For one sequence
+    of T tokens, with s the (T, E) affinities and the chosen experts `indices` (T, K):
+
+        f_i = E / (K T) * (number of the sequence's tokens that chose expert i)      (eq. 18)
+        s'_{t,i} = s_{t,i} / sum_j s_{t,j}            (each token's affinities normalised, eq. 19)
+        P_i = 1/T sum_t s'_{t,i}                                                       (eq. 20)
+        L_seq = alpha * sum_i f_i P_i                                                  (eq. 17)
+
+    and the result is the mean of L_seq over the B sequences. At perfect balance every f_i = 1
+    and sum_i P_i = 1, so L = alpha; the more a sequence concentrates on experts it also scores
+    highly, the larger L.
+
+    Args:
+        scores: (B, T, E) affinities (sigmoid in V3, so a token's scores do not sum to 1).
+        indices: (B, T, K) the experts each token chose.
+        alpha: the loss weight.
+
+    Returns:
+        A scalar. Its gradient flows into `scores` (through P); f is a count and has none.
+
+    The grader checks (9 points): a scalar (1); a hand-worked sequence (2); the scores are
+    normalised per token (1); f and P are per sequence, not pooled over the batch (2); perfect
+    balance gives alpha (1); the gradient reaches the scores and is finite (1); it works under
+    `jax.jit` (1).
     """
     raise NotImplementedError

@@ -7,9 +7,15 @@ pieces that make this work, in plain JAX:
 1. `latent_kv`: what one token leaves in the cache: the latent c_kv and the decoupled RoPE key.
 2. `absorbed_scores`: attention scores computed straight from the cached latents, without ever
    rebuilding a key.
+3. `absorbed_attention`: the whole absorbed attention, values included: the next piece, which
+   notebook 02 only draws (its from-scratch MLA rebuilds keys and values at every step).
+
+Points: 22 in all (latent_kv 8, absorbed_scores 6, absorbed_attention 8); a check is worth 1 point
+unless its line below says 2.
 
 Shapes use one set of letters: B batch, T query tokens, S cached tokens, D model width, N heads,
-C latent width (kv_lora_rank), R RoPE width, Hn the per-head key width without position.
+C latent width (kv_lora_rank), R RoPE width, Hn the per-head key width without position,
+Hv the per-head value width.
 
 How to work:
 - Replace each `raise NotImplementedError` with your code. Keep the names and signatures.
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import jax  # noqa: F401  (you may want jax.lax.rsqrt)
 import jax.numpy as jnp  # noqa: F401  (you will want jnp)
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from minids.layers import apply_rope  # noqa: F401  (exercise 00's RoPE: rotate-half pairs (i, i + H/2))
 
@@ -71,7 +77,7 @@ def latent_kv(
     Returns:
         c_kv (B, T, C) and k_rope (B, T, R), in x's dtype.
 
-    The grader checks: shapes and that together they hold exactly C + R numbers per token; c_kv
+    The grader checks (8 points, 1 per check): shapes and that together they hold exactly C + R numbers per token; c_kv
     against a hand-computed RMSNorm; that norm_scale multiplies it; k_rope unrotated at position 0
     and rotated by RoPE elsewhere; that scores between rope keys depend only on position
     differences; and that it works under `jax.jit`.
@@ -121,8 +127,48 @@ def absorbed_scores(
     Returns:
         Scores (B, N, T, S), float32, before masking and softmax.
 
-    The grader checks: shape and dtype; equality with the naive computation (and, if they differ,
+    The grader checks (6 points, 1 per check): shape and dtype; equality with the naive computation (and, if they differ,
     which term is off: the scale, the rope part or the latent part); a hand-computed case; that
     `scale` multiplies both parts; gradients; and that it works under `jax.jit`.
+    """
+    raise NotImplementedError
+
+
+def absorbed_attention(
+    q_nope: Float[Array, "B T N Hn"],
+    q_rope: Float[Array, "B T N R"],
+    c_kv: Float[Array, "B S C"],
+    k_rope: Float[Array, "B S R"],
+    w_uk: Float[Array, "C N Hn"],
+    w_uv: Float[Array, "C N Hv"],
+    mask: Bool[Array, "#B T S"],
+    scale: float,
+) -> Float[Array, "B T N Hv"]:
+    """MLA attention straight from the latent cache: W_UK folded into the query, W_UV applied last.
+
+    The naive way rebuilds every cached token's value per head, v[s, n] = W_UV[:, n]^T c_kv[s]
+    (S·N·Hv numbers per step), then takes the softmax-weighted sum over s. But the weighted sum is
+    linear, so
+
+        sum_s p[n, t, s] * (W_UV[:, n]^T c_kv[s]) = W_UV[:, n]^T (sum_s p[n, t, s] * c_kv[s])
+
+    Average the latents first, one C-vector per head and query, then lift that one vector with
+    W_UV. Nothing of size S·N·Hv is ever built (DeepSeek-V2 §2.1.2, "absorb W_UV into W_O").
+
+    Steps:
+        scores = absorbed_scores(...)                          (B, N, T, S), your function above
+        scores = a very negative number where mask is False   (mask (B or 1, T, S) -> add an N axis)
+        p = softmax(scores, axis=-1)
+        latent_out = sum_s p * c_kv[s]                         (B, T, N, C)
+        out = latent_out @ W_UV per head                       (B, T, N, Hv)
+
+    Args: as absorbed_scores, plus w_uv (C, N, Hv), the value up-projection, and mask, bool,
+        True where query t may read cached slot s.
+
+    Returns: (B, T, N, Hv), the dtype of c_kv.
+
+    The grader checks (8 points): shape and dtype (1); equality with attention over rebuilt keys
+    and values, computed in the grader (2); masked slots have no effect (2); a fully masked row is
+    finite (1); gradients equal the naive computation's (1); it works under `jax.jit` (1).
     """
     raise NotImplementedError

@@ -8,6 +8,14 @@ baseline. You will write the three pieces of its objective, in plain JAX:
 1. `group_advantages`: how much better each completion did than the others of its group.
 2. `clipped_surrogate`: PPO's clipped, importance-weighted advantage, per token.
 3. `k3_kl`: a per-token estimate of the KL divergence to a frozen reference model.
+   (Notebook 04 writes these three inline.) Then the next pieces, which it only calls:
+4. `completion_mask`: which sampled tokens belong to the completion (up to the first EOS).
+5. `aggregate`: how the per-token terms become one loss: GRPO's per-sequence mean, or the
+   token-level means of BNPO and DAPO, or Dr. GRPO's constant denominator. The choice decides
+   whether a long wrong answer is punished more or less than a short one.
+
+Points: 32 in all (group_advantages, clipped_surrogate and k3_kl 15, completion_mask 5,
+aggregate 12); a check is worth 1 point unless its line below says 2.
 
 Shapes use one set of letters: B rows (prompts for the rewards, completions for the per-token
 terms), G completions per prompt, T completion tokens.
@@ -28,7 +36,10 @@ from __future__ import annotations
 
 import jax  # noqa: F401  (you may want jax.nn)
 import jax.numpy as jnp  # noqa: F401  (you will want jnp)
-from jaxtyping import Array, Bool, Float
+import numpy as np  # noqa: F401  (completion_mask works on numpy arrays)
+from jaxtyping import Array, Bool, Float, Int
+
+from minids.data import CharTokenizer
 
 
 def group_advantages(
@@ -59,7 +70,7 @@ def group_advantages(
     Returns:
         (B, G) float32 advantages.
 
-    The grader checks: shape and dtype; the example above and an uneven group; exact zeros for an
+    The grader checks (1 point per check): shape and dtype; the example above and an uneven group; exact zeros for an
     equal group, with and without eps; each `scale`; that eps is used.
     """
     raise NotImplementedError
@@ -99,7 +110,7 @@ def clipped_surrogate(
     Returns:
         (B, T) float32 surrogate values (to be maximised), 0 at masked tokens.
 
-    The grader checks: rho = 1 gives A; hand-computed ratios inside and outside the clip range for
+    The grader checks (1 point per check): rho = 1 gives A; hand-computed ratios inside and outside the clip range for
     A > 0 and A < 0; clip-higher; masked padding with huge values; the gradient (rho * A inside the
     range, 0 where clipped and at padding); `jax.jit`.
     """
@@ -129,7 +140,56 @@ def k3_kl(
     Returns:
         (B, T) float32, >= 0, 0 at masked tokens.
 
-    The grader checks: the example above and its mirror (d = -log 2); zero for equal policies;
+    The grader checks (1 point per check): the example above and its mirror (d = -log 2); zero for equal policies;
     non-negative on random inputs; masked padding; the gradient 1 - exp(d) with respect to logp.
+    """
+    raise NotImplementedError
+
+
+def completion_mask(
+    tokens: Int[Array | np.ndarray, "B T"], eos_id: int = CharTokenizer.EOS
+) -> np.ndarray:
+    """True for every sampled token up to and including the first EOS; all True if there is none.
+
+    The sampler always writes T tokens per completion, but a completion ends at its first EOS:
+    what follows is padding the policy never chose to write, and must not enter the loss.
+
+        tokens = [[5, 7, EOS, 9, 9],      ->  [[True, True, True, False, False],
+                  [5, 5, 5, 5, 5]]             [True, True, True, True, True]]
+
+    Args: tokens (B, T) integers (numpy or jnp); eos_id the end-of-sequence id.
+    Returns: a numpy bool array (B, T). Plain numpy is fine: this runs outside jit.
+
+    The grader checks (5 points): shape and dtype (1); the example above (2); EOS as the first
+    token keeps only it (1); a second EOS does not restart anything (1).
+    """
+    raise NotImplementedError
+
+
+def aggregate(
+    per_token: Float[Array, "B T"], mask: Bool[Array, "B T"], loss_type: str, group_size: int
+) -> Float[Array, ""]:
+    """Average the masked per-token terms l_it into one number, the way `loss_type` says.
+
+    Rows are completions, G = group_size consecutive rows per prompt; |o_i| = mask[i].sum().
+
+        "grpo"     1/B' sum_i (1/|o_i| sum_t l_it)     each completion's mean, then their mean
+                                                         (DeepSeekMath eq. 3)
+        "bnpo"     sum_{i,t} l_it / sum_i |o_i|          one token mean over the whole batch
+        "dapo"     per group: sum_{i,t} l_it / sum_i |o_i| of its G rows; then the mean over groups
+                                                         (DAPO §3.3, token-level loss)
+        "dr_grpo"  sum_{i,t} l_it / (B' * T)              a constant denominator (Dr. GRPO)
+
+    B' counts the rows with at least one True in the mask (an all-False row, a dropped completion,
+    counts nowhere); in "dapo" likewise only groups with a token count. Guard every division with
+    jnp.maximum(denominator, 1) so that an all-False mask gives 0, not NaN.
+
+    Args: per_token (B, T) float; mask (B, T) bool; loss_type one of the four names (anything else:
+        raise ValueError naming `loss_type`); group_size G (B is a multiple of G).
+    Returns: a float scalar.
+
+    The grader checks (12 points): grpo (2), bnpo (2), dapo (2) and dr_grpo (2) on one
+    hand-worked batch; masked entries change nothing (1); empty rows
+    count nowhere (1); an unknown loss_type raises ValueError (1); it works under `jax.jit` (1).
     """
     raise NotImplementedError

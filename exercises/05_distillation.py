@@ -7,7 +7,13 @@ whole next-token distribution: its logits. You will write that loss (Hinton et a
 
     distillation_loss = T^2 * KL( softmax(teacher_logits / T) || softmax(student_logits / T) )
 
-averaged over the tokens a mask selects.
+averaged over the tokens a mask selects. Notebook 05 writes it in numpy for one token; its
+training loop then mixes it with the ordinary cross-entropy, which it does not write out:
+
+    distillation_objective = alpha * distillation_loss + (1 - alpha) * cross_entropy(targets)
+
+Points: 19 in all (distillation_loss 10, distillation_objective 9); a check is worth 1 point
+unless its line below says 2.
 
 Shapes use one set of letters: B batch, T positions, V vocabulary.
 
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import jax  # noqa: F401  (you will want jax.nn.log_softmax and jax.lax.stop_gradient)
 import jax.numpy as jnp  # noqa: F401  (you will want jnp)
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 
 def distillation_loss(
@@ -65,8 +71,42 @@ def distillation_loss(
         - p = exp(log p).
         - `jax.lax.stop_gradient(teacher_logits)` keeps the teacher fixed.
 
-    The grader checks: a scalar; two hand-computed values (T = 1 and T = 2); zero when teacher and
+    The grader checks (1 point per check): a scalar; two hand-computed values (T = 1 and T = 2); zero when teacher and
     student agree, positive when not; the T^2 factor; the mask; no NaN for huge logits; the
     gradient (and none into the teacher); and that it works under `jax.jit`.
+    """
+    raise NotImplementedError
+
+
+def distillation_objective(
+    student_logits: Float[Array, "B T V"],
+    teacher_logits: Float[Array, "B T V"],
+    targets: Int[Array, "B T"],
+    mask: Float[Array, "B T"],
+    alpha: float,
+    temperature: float = 1.0,
+) -> Float[Array, ""]:
+    """The student's whole loss: alpha * (your distillation_loss) + (1 - alpha) * cross-entropy.
+
+    The soft term (T^2 * KL at temperature T) teaches the teacher's whole distribution, the
+    hard term (cross-entropy of the student's logits at temperature 1 against the data's next
+    tokens `targets`) keeps the student on the right answers:
+
+        ce = mean over tokens where mask = 1 of  -log softmax(student_logits)[targets]
+        loss = alpha * distillation_loss(student, teacher, temperature, mask) + (1 - alpha) * ce
+
+    alpha = 1 is pure distillation, alpha = 0 plain training (the teacher is then ignored).
+
+    Args: logits (B, T, V); targets (B, T) integer token ids; mask (B, T) 0/1 floats;
+        alpha in [0, 1] (anything else: raise ValueError naming `alpha`); temperature > 0.
+    Returns: a float scalar.
+
+    Hints: `jax.nn.log_softmax` and `jnp.take_along_axis(log_p, targets[..., None], axis=-1)`;
+    call your `distillation_loss` above for the soft term.
+
+    The grader checks (9 points): alpha = 1 is the distillation loss (1); alpha = 0 is the masked
+    cross-entropy at temperature 1 (2); alpha = 0.3 mixes them (1); masked tokens change nothing
+    (2); alpha outside [0, 1] raises ValueError (1); no gradient reaches the teacher (1); it works
+    under `jax.jit` (1).
     """
     raise NotImplementedError

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from minids.grading import (
     check_close,
@@ -28,12 +29,20 @@ from minids.grading import (
 
 exercise = load_exercise(
     Path(__file__).with_name("00_attention.py"),
-    solutions={"apply_rope": "minids.layers", "causal_self_attention": "minids.attention"},
+    solutions={
+        "apply_rope": "minids.layers",
+        "causal_self_attention": "minids.attention",
+        "attention_mask": "minids.attention",
+        "dot_product_attention": "minids.attention",
+    },
 )
 apply_rope = exercise.apply_rope
 causal_self_attention = exercise.causal_self_attention
+attention_mask = exercise.attention_mask
+dot_product_attention = exercise.dot_product_attention
 
 ROPE, ATTENTION = "apply_rope", "causal_self_attention"
+MASK, DPA = "attention_mask", "dot_product_attention"
 SHAPE = "B T N H"
 # Most checks use one small shape with a different size on every axis, so that a mixed-up axis
 # shows in the shapes, and JAX compiles each operation once for all of them.
@@ -419,3 +428,301 @@ def test_attention_works_under_jit():
         rtol=1e-5,
         what="under jax.jit the result should be the one you get without it",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# attention_mask: the decode step's mask
+# ----------------------------------------------------------------------------------------------
+
+
+def mask_reference(q_len, kv_len, offset=0, key_mask=None):
+    """Slot s is readable by query t when s <= offset + t (and key_mask[b, s], when given)."""
+    mask = np.arange(kv_len)[None, :] <= offset + np.arange(q_len)[:, None]  # (T, S)
+    if key_mask is None:
+        return mask[None]
+    return mask[None] & np.asarray(key_mask)[:, None, :]
+
+
+def check_mask(got, want, what, hint=""):
+    want = np.asarray(want)
+    check_shape(MASK, got, want.shape, letters="#B T S")
+    check_dtype(MASK, got, np.bool_, hint="compare with <= to get booleans, not 0/1 numbers.")
+    check_close(MASK, np.asarray(got, np.float64), want, atol=0, what=what, hint=hint)
+
+
+def test_mask_shape_and_dtype():
+    got = attention_mask(4, 6)
+    check_shape(MASK, got, (1, 4, 6), letters="#B T S")
+    check_dtype(MASK, got, np.bool_, hint="compare with <= to get booleans, not 0/1 numbers.")
+
+
+def test_mask_offset_zero_is_causal():
+    check_mask(
+        attention_mask(5, 5),
+        mask_reference(5, 5),
+        "with offset 0 and T = S the mask should be lower-triangular (s <= t)",
+        hint="query t may read slots 0..t: True on and below the diagonal.",
+    )
+
+
+@pytest.mark.points(2)
+def test_mask_decode_step_reads_every_filled_slot():
+    check_mask(
+        attention_mask(1, 6, 3),
+        mask_reference(1, 6, 3),
+        "one new token stored at slot 3 of a 6-slot cache should read slots 0, 1, 2, 3",
+        hint="query t sits at slot offset + t: compare the key slot s with offset + t, not with t.",
+    )
+
+
+def test_mask_prefill_at_an_offset():
+    check_mask(
+        attention_mask(3, 7, 2),
+        mask_reference(3, 7, 2),
+        "three tokens stored at slots 2, 3, 4 of a 7-slot cache",
+    )
+
+
+@pytest.mark.points(2)
+def test_mask_combines_the_key_mask():
+    key_mask = np.asarray([[False, False, True, True, True], [True, True, True, True, False]])
+    check_mask(
+        attention_mask(2, 5, 3, jnp.asarray(key_mask)),
+        mask_reference(2, 5, 3, key_mask),
+        "with a key_mask (B, S) the result should be (B, T, S): causal AND key_mask[b, s]",
+        hint="broadcast key_mask[:, None, :] against the causal (1, T, S) mask with &.",
+    )
+
+
+@pytest.mark.points(2)
+def test_mask_works_with_a_traced_offset():
+    def decode_mask(offset):
+        return attention_mask(1, 6, offset)
+
+    with explain_tracer_errors(MASK, "jax.jit (offset is a traced integer)"):
+        got = jax.jit(decode_mask)(jnp.asarray(4, jnp.int32))
+    check_mask(
+        got,
+        mask_reference(1, 6, 4),
+        "under jax.jit, with offset = jnp.asarray(4)",
+        hint="the sizes q_len and kv_len are Python ints, the offset may be traced: add it to "
+        "jnp.arange(q_len) rather than using it in range() or int().",
+    )
+
+
+def test_mask_later_queries_see_more():
+    got = np.asarray(attention_mask(4, 9, 5))
+    check_shape(MASK, got, (1, 4, 9), letters="#B T S")
+    counts = got[0].sum(axis=1)
+    check_close(
+        MASK,
+        counts,
+        np.arange(6, 10),
+        atol=0,
+        what="queries at slots 5, 6, 7, 8 should read 6, 7, 8, 9 slots",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# dot_product_attention: grouped-query heads and a mask
+# ----------------------------------------------------------------------------------------------
+
+S, N_Q, M_KV, HV = 7, 6, 2, 5  # 7 cache slots, 6 query heads sharing 2 key/value heads, Hv = 5
+
+
+def dpa_reference(q, k, v, mask, scale=None):
+    """Grouped-query attention with numpy loops, float64: query head n reads head n // G."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    mask = np.broadcast_to(np.asarray(mask), (q.shape[0], q.shape[1], k.shape[1]))
+    B, T, N, H = q.shape
+    G = N // k.shape[2]
+    scale = 1 / math.sqrt(H) if scale is None else scale
+    out = np.zeros((B, T, N, v.shape[-1]))
+    for b in range(B):
+        for n in range(N):
+            for t in range(T):
+                scores = np.where(mask[b, t], k[b, :, n // G] @ q[b, t, n] * scale, -1e30)
+                weights = np.exp(scores - scores.max())
+                out[b, t, n] = weights / weights.sum() @ v[b, :, n // G]
+    return out
+
+
+def gqa_inputs(T_q=3, M=M_KV, seed=0, dtype=jnp.float32):
+    q = random_array((B, T_q, N_Q, H), seed=seed, dtype=dtype)
+    k = random_array((B, S, M, H), seed=seed + 1, dtype=dtype)
+    v = random_array((B, S, M, HV), seed=seed + 2, dtype=dtype)
+    return q, k, v
+
+
+def decode_mask_np(T_q=3, offset=4):
+    return jnp.asarray(mask_reference(T_q, S, offset))
+
+
+def test_dpa_output_shape_and_dtype():
+    out = dot_product_attention(*gqa_inputs(), decode_mask_np())
+    check_shape(DPA, out, (B, 3, N_Q, HV), letters="B T N Hv")
+    check_dtype(DPA, out, jnp.float32)
+
+
+def test_dpa_keeps_bfloat16():
+    out = dot_product_attention(*gqa_inputs(dtype=jnp.bfloat16), decode_mask_np())
+    check_shape(DPA, out, (B, 3, N_Q, HV), letters="B T N Hv")
+    check_dtype(
+        DPA, out, jnp.bfloat16, hint="softmax in float32 if you like, then `.astype(v.dtype)`."
+    )
+
+
+@pytest.mark.points(2)
+def test_dpa_query_head_n_reads_kv_head_n_over_g():
+    # Key/value head 0 holds values 0, head 1 holds values 1: each output shows which head it read.
+    q, k, _ = gqa_inputs(seed=10)
+    v = jnp.asarray(
+        np.broadcast_to(np.arange(M_KV, dtype=np.float32)[None, None, :, None], (B, S, M_KV, HV))
+    )
+    out = dot_product_attention(q, k, v, decode_mask_np())
+    want = np.broadcast_to((np.arange(N_Q) // (N_Q // M_KV))[None, None, :, None], (B, 3, N_Q, HV))
+    check_close(
+        DPA,
+        out,
+        want,
+        atol=1e-5,
+        what="value head m holds the number m everywhere, so query head n should return n // G "
+        f"(G = {N_Q // M_KV}: heads 0-2 read head 0, heads 3-5 read head 1)",
+        hint="reshape q to (B, T, M, G, H): consecutive query heads share a key/value head; "
+        "pairing head n with n % M (or repeating k with jnp.tile) gives the wrong pairs.",
+    )
+
+
+def test_dpa_equals_multi_head_attention_when_m_equals_n():
+    q, k, v = gqa_inputs(M=N_Q, seed=20)
+    mask = decode_mask_np()
+    check_close(
+        DPA,
+        dot_product_attention(q, k, v, mask),
+        dpa_reference(q, k, v, mask),
+        atol=1e-5,
+        rtol=1e-5,
+        what="with M = N every query head has its own key/value head (multi-head attention)",
+    )
+
+
+def test_dpa_equals_multi_query_attention_when_m_is_one():
+    q, k, v = gqa_inputs(M=1, seed=30)
+    mask = decode_mask_np()
+    check_close(
+        DPA,
+        dot_product_attention(q, k, v, mask),
+        dpa_reference(q, k, v, mask),
+        atol=1e-5,
+        rtol=1e-5,
+        what="with M = 1 every query head reads the one key/value head (multi-query attention)",
+    )
+
+
+@pytest.mark.points(2)
+def test_dpa_masked_slots_have_no_effect():
+    q, k, v = gqa_inputs(seed=40)
+    mask = decode_mask_np(offset=2)  # slots 5 and 6 are never readable
+    _, other_k, other_v = gqa_inputs(seed=50)
+    unread = (np.arange(S) >= 5)[None, :, None, None]
+    out = dot_product_attention(q, k, v, mask)
+    changed = dot_product_attention(
+        q, jnp.where(unread, other_k, k), jnp.where(unread, other_v, v), mask
+    )
+    check_shape(DPA, out, (B, 3, N_Q, HV), letters="B T N Hv")
+    check_close(
+        DPA,
+        changed,
+        out,
+        atol=1e-6,
+        what="changing the keys and values in slots the mask forbids changed the output",
+        hint="put a very negative number into the scores where mask is False, before the softmax.",
+    )
+
+
+@pytest.mark.points(2)
+def test_dpa_decode_step_equals_the_full_causal_pass():
+    # Full causal attention over 5 tokens, then the last token alone against a 7-slot cache
+    # (slots 0-4 hold the same keys and values, slots 5-6 garbage): the last rows must agree.
+    q, k, v = gqa_inputs(T_q=5, seed=60)
+    k, v = np.asarray(k).copy(), np.asarray(v).copy()
+    full = dpa_reference(q, k[:, :5], v[:, :5], mask_reference(5, 5))
+    k[:, 5:], v[:, 5:] = 1e3, -1e3  # unwritten slots: the mask must hide them
+    step = dot_product_attention(q[:, 4:], jnp.asarray(k), jnp.asarray(v), decode_mask_np(1, 4))
+    check_close(
+        DPA,
+        step,
+        full[:, 4:],
+        atol=1e-5,
+        rtol=1e-5,
+        what="the new token at slot 4, attending over the cache, should give the last row of "
+        "full causal attention over the 5 tokens",
+    )
+
+
+@pytest.mark.points(2)
+def test_dpa_fully_masked_row_is_finite():
+    q, k, v = gqa_inputs(seed=70)
+    mask = np.asarray(decode_mask_np()).copy()
+    mask[:, 0] = False  # query 0 may read nothing (a padding position)
+    out = dot_product_attention(q, k, v, jnp.asarray(mask))
+    check_finite(
+        DPA,
+        out,
+        hint="with -inf in every slot the softmax is 0/0 = NaN: mask with a large finite "
+        "negative number such as -1e30 instead (the row then averages v, which is harmless).",
+    )
+
+
+def test_dpa_uses_scale():
+    q, k, v = gqa_inputs(seed=80)
+    mask = decode_mask_np()
+    check_close(
+        DPA,
+        dot_product_attention(q, k, v, mask, 0.7),
+        dpa_reference(q, k, v, mask, 0.7),
+        atol=1e-5,
+        rtol=1e-5,
+        what="with scale = 0.7 the scores are q . k * 0.7",
+        hint="use the `scale` argument when it is not None, 1 / sqrt(H) otherwise.",
+    )
+
+
+@pytest.mark.points(2)
+def test_dpa_matches_numpy_reference():
+    q, k, v = gqa_inputs(seed=90)
+    mask = jnp.asarray(mask_reference(3, S, 4, np.random.default_rng(9).random((B, S)) > 0.3))
+    check_close(
+        DPA,
+        dot_product_attention(q, k, v, mask),
+        dpa_reference(q, k, v, mask),
+        atol=1e-5,
+        rtol=1e-5,
+        what="compared with the numpy loops in dpa_reference (in this file), with a (B, T, S) mask",
+        hint="a (B, T, S) mask needs a heads axis to broadcast against the scores.",
+    )
+
+
+def test_dpa_gradients_are_finite():
+    q, k, v = gqa_inputs(seed=100)
+    mask = decode_mask_np()
+
+    def loss(q, k, v):
+        return jnp.sum(dot_product_attention(q, k, v, mask) ** 2)
+
+    with explain_tracer_errors(DPA, "jax.jit(jax.grad(...))"):
+        gradients = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    for wrt, gradient, shape in zip("qkv", gradients, (q.shape, k.shape, v.shape), strict=True):
+        check_shape(DPA, gradient, shape)
+        check_finite(DPA, gradient, what=f"the gradient with respect to {wrt}")
+
+
+@pytest.mark.points(2)
+def test_dpa_works_under_jit():
+    q, k, v = gqa_inputs(seed=110)
+    mask = decode_mask_np()
+    eager = dot_product_attention(q, k, v, mask)
+    check_shape(DPA, eager, (B, 3, N_Q, HV), letters="B T N Hv")
+    with explain_tracer_errors(DPA, "jax.jit"):
+        out = jax.jit(dot_product_attention)(q, k, v, mask)
+    check_close(DPA, out, eager, atol=1e-5, rtol=1e-5, what="under jax.jit and without it")

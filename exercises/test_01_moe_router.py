@@ -16,7 +16,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from minids.config import MoEConfig
 from minids.grading import (
     check_close,
     check_dtype,
@@ -33,8 +35,12 @@ exercise = load_exercise(
         "sigmoid_topk_router": "minids.moe",
         "expert_load": "minids.moe",
         "aux_free_bias_update": "minids.moe",
+        "select_experts": "minids.moe",
+        "sequence_aux_loss": "minids.moe",
     },
 )
+select_experts = exercise.select_experts
+sequence_aux_loss = exercise.sequence_aux_loss
 sigmoid_topk_router = exercise.sigmoid_topk_router
 expert_load = exercise.expert_load
 aux_free_bias_update = exercise.aux_free_bias_update
@@ -62,10 +68,10 @@ def route(logits, bias, k, route_scale=1.0):
     return np.asarray(indices), np.asarray(gates, dtype=np.float64)
 
 
-def _pair(result):
+def _pair(result, name=ROUTER):
     if not isinstance(result, tuple | list) or len(result) != 2:
         fail(
-            f"{ROUTER} should return a pair (indices, gates), got {type(result).__name__}"
+            f"{name} should return a pair (indices, gates), got {type(result).__name__}"
             + (f" of length {len(result)}" if isinstance(result, tuple | list) else "")
         )
     return result
@@ -352,3 +358,343 @@ def test_repeated_updates_balance_a_skewed_router():
             f"should fall below 0.3; it went from {first:.2f} to {last:.2f} (mean of the last 20). "
             "Hint: an overloaded expert's bias must go down (b - speed), so it is chosen less."
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# select_experts: group-limited routing
+# ----------------------------------------------------------------------------------------------
+
+SELECT, SEQ_AUX = "select_experts", "sequence_aux_loss"
+
+
+def v3_config(n_groups=4, groups_per_token=2, k=2, route_scale=1.0, e=E):
+    return MoEConfig(
+        n_routed_experts=e,
+        experts_per_token=k,
+        n_groups=n_groups,
+        groups_per_token=groups_per_token,
+        gate="sigmoid",
+        balancing="aux_free",
+        route_scale=route_scale,
+    )
+
+
+def v2_config(n_groups=4, groups_per_token=2, k=2):
+    return MoEConfig(
+        n_routed_experts=E,
+        experts_per_token=k,
+        n_groups=n_groups,
+        groups_per_token=groups_per_token,
+        gate="softmax",
+        balancing="none",
+    )
+
+
+def select_reference(scores, bias, cfg):
+    """Group-limited top-k in numpy, token by token."""
+    scores, bias = np.asarray(scores, np.float64), np.asarray(bias, np.float64)
+    E_, G, K_ = cfg.n_routed_experts, cfg.n_groups, cfg.experts_per_token
+    biased = scores + bias if cfg.uses_bias else scores.copy()
+    indices, gates = [], []
+    for row, s in zip(biased, scores, strict=True):
+        row = row.copy()
+        if G > 1:
+            groups = row.reshape(G, E_ // G)
+            group_score = np.sort(groups, axis=1)[:, -2:].sum(1) if cfg.uses_bias else groups.max(1)
+            best = np.argsort(-group_score, kind="stable")[: cfg.groups_per_token]
+            allowed = np.repeat(np.isin(np.arange(G), best), E_ // G)
+            row[~allowed] = -np.inf
+        chosen = np.argsort(-row, kind="stable")[:K_]
+        g = s[chosen]
+        if cfg.renormalizes:
+            g = g / g.sum()
+        indices.append(chosen)
+        gates.append(g * cfg.route_scale)
+    return np.asarray(indices), np.asarray(gates)
+
+
+def random_scores(shape=(T, E), seed=0, gate="sigmoid"):
+    logits = np.random.default_rng(seed).standard_normal(shape)
+    if gate == "sigmoid":
+        return jnp.asarray(1 / (1 + np.exp(-logits)), jnp.float32)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return jnp.asarray(e / e.sum(-1, keepdims=True), jnp.float32)
+
+
+def select(scores, bias, cfg):
+    indices, gates = _pair(select_experts(scores, bias, cfg), SELECT)
+    rows, k = scores.shape[0], cfg.experts_per_token
+    check_shape(SELECT, indices, (rows, k), letters="T K")
+    check_shape(SELECT, gates, (rows, k), letters="T K")
+    return np.asarray(indices), np.asarray(gates, np.float64)
+
+
+def check_same_choice(got, want, what, hint=""):
+    """Compare chosen expert sets token by token (the order within a token does not matter)."""
+    got_sets, want_sets = [sorted(map(int, r)) for r in got], [sorted(map(int, r)) for r in want]
+    for t, (g, w) in enumerate(zip(got_sets, want_sets, strict=True)):
+        if g != w:
+            fail(
+                f"{SELECT}: {what}: token {t} chose experts {g}, expected {w}."
+                + (f"\nHint: {hint}" if hint else "")
+            )
+
+
+def test_select_shapes_and_dtypes():
+    indices, gates = _pair(select_experts(random_scores(), jnp.zeros(E), v3_config()), SELECT)
+    check_shape(SELECT, indices, (T, 2), letters="T K")
+    check_shape(SELECT, gates, (T, 2), letters="T K")
+    if not np.issubdtype(np.asarray(indices).dtype, np.integer):
+        fail(f"{SELECT}: indices should be integers, got {np.asarray(indices).dtype}")
+    check_dtype(SELECT, gates, jnp.float32)
+
+
+def test_select_with_one_group_is_the_plain_router():
+    scores, bias = random_scores(seed=1), jnp.asarray(np.linspace(-0.2, 0.2, E), jnp.float32)
+    cfg = v3_config(n_groups=1, groups_per_token=1)
+    indices, gates = select(scores, bias, cfg)
+    want_i, want_g = select_reference(scores, bias, cfg)
+    check_same_choice(indices, want_i, "with n_groups = 1 it is top-k of s + bias")
+    check_close(SELECT, np.sort(gates, 1), np.sort(want_g, 1), atol=1e-5, what="the gates")
+
+
+@pytest.mark.points(2)
+def test_select_scores_a_group_by_its_top_two():
+    # 4 groups of 2. Group 0 holds one star (0.99) and a dud (0.01): sum 1.00. Groups 1 and 2
+    # hold two good experts each (0.6 + 0.6 = 1.2, 0.55 + 0.55 = 1.1). With 2 groups per token,
+    # V3 keeps groups 1 and 2, so the star is NOT chosen; scoring groups by their max would keep it.
+    scores = jnp.asarray([[0.99, 0.01, 0.6, 0.6, 0.55, 0.55, 0.1, 0.1]], jnp.float32)
+    indices, _ = select(scores, jnp.zeros(E), v3_config())
+    check_same_choice(
+        indices,
+        [[2, 3]],
+        "V3 scores each group by the sum of its 2 highest biased scores",
+        hint="group 0 = (0.99, 0.01) sums to 1.00, group 1 = (0.6, 0.6) to 1.2, group 2 to 1.1: "
+        "the best 2 groups are 1 and 2, and the top 2 experts inside them are 2 and 3. Choosing "
+        "expert 0 means the group score was the max, or groups were not used at all.",
+    )
+
+
+@pytest.mark.points(2)
+def test_select_v2_scores_groups_by_max_and_keeps_softmax_gates():
+    scores = random_scores(seed=2, gate="softmax")
+    cfg = v2_config()
+    indices, gates = select(scores, jnp.zeros(E), cfg)
+    want_i, want_g = select_reference(scores, jnp.zeros(E), cfg)
+    check_same_choice(
+        indices,
+        want_i,
+        "V2 (softmax, no bias) scores each group by its highest affinity",
+        hint="cfg.uses_bias is False here: use the max of each group, not the sum of the top 2.",
+    )
+    check_close(
+        SELECT,
+        np.sort(gates, 1),
+        np.sort(want_g, 1),
+        atol=1e-5,
+        what="V2 keeps the softmax values of the chosen experts (cfg.renormalizes is False)",
+        hint="divide the gates by their sum only when cfg.renormalizes is True.",
+    )
+
+
+@pytest.mark.points(2)
+def test_select_stays_within_groups_per_token():
+    cfg = v3_config(n_groups=4, groups_per_token=2, k=3, e=16)
+    scores = random_scores((40, 16), seed=3)
+    indices, _ = select(scores, jnp.zeros(16), cfg)
+    groups_used = np.asarray([len(set((row // 4).tolist())) for row in indices])
+    worst = int(groups_used.argmax())
+    if groups_used[worst] > 2:
+        fail(
+            f"{SELECT}: token {worst} chose experts {sorted(indices[worst].tolist())}, from "
+            f"{groups_used[worst]} groups of 4; groups_per_token = 2 allows at most 2.\n"
+            "Hint: set the biased scores of every expert outside the chosen groups to -inf "
+            "before the final top-k."
+        )
+
+
+@pytest.mark.points(2)
+def test_select_bias_decides_groups_but_not_gates():
+    scores = jnp.asarray([[0.9, 0.8, 0.5, 0.5, 0.3, 0.3, 0.2, 0.2]], jnp.float32)
+    bias = jnp.asarray([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0], jnp.float32)
+    indices, gates = select(scores, bias, v3_config(groups_per_token=1))
+    check_same_choice(
+        indices,
+        [[6, 7]],
+        "a bias of +1 on group 3 (experts 6, 7) makes it the best group",
+        hint="group scores come from the biased scores s + bias.",
+    )
+    check_close(
+        SELECT,
+        gates,
+        [[0.5, 0.5]],
+        atol=1e-5,
+        what="the gates come from the unbiased s (0.2, 0.2), normalised: 0.5 each",
+    )
+
+
+def test_select_uses_route_scale():
+    scores = random_scores(seed=4)
+    _, gates = select(scores, jnp.zeros(E), v3_config(route_scale=2.5))
+    check_close(
+        SELECT,
+        gates.sum(1),
+        np.full(T, 2.5),
+        atol=1e-5,
+        what="sigmoid gates are normalised to sum 1, then multiplied by route_scale = 2.5",
+    )
+
+
+@pytest.mark.points(2)
+def test_select_matches_numpy_reference():
+    cfg = v3_config(n_groups=4, groups_per_token=2, k=3, e=16)
+    scores = random_scores((12, 16), seed=5)
+    bias = jnp.asarray(np.random.default_rng(5).normal(0, 0.05, 16), jnp.float32)
+    indices, gates = select(scores, bias, cfg)
+    want_i, want_g = select_reference(scores, bias, cfg)
+    check_same_choice(indices, want_i, "compared with select_reference (in this file)")
+    order, want_order = np.argsort(indices, 1), np.argsort(want_i, 1)
+    check_close(
+        SELECT,
+        np.take_along_axis(gates, order, 1),
+        np.take_along_axis(want_g, want_order, 1),
+        atol=1e-5,
+        what="the gates of the chosen experts",
+    )
+
+
+@pytest.mark.points(2)
+def test_select_works_under_jit():
+    cfg = v3_config()
+    scores, bias = random_scores(seed=6), jnp.zeros(E)
+    eager_i, _ = select(scores, bias, cfg)
+    with explain_tracer_errors(SELECT, "jax.jit"):
+        got = jax.jit(lambda s, b: select_experts(s, b, cfg))(scores, bias)
+    indices, _ = _pair(got, SELECT)
+    check_same_choice(np.asarray(indices), eager_i, "under jax.jit and without it")
+
+
+def test_select_never_picks_outside_the_chosen_groups():
+    # Expert 7 has the best score of all, but its group (3) holds a dud: 0.95 + 0.0 < the others.
+    scores = jnp.asarray([[0.6, 0.6, 0.5, 0.5, 0.55, 0.5, 0.0, 0.95]], jnp.float32)
+    indices, _ = select(scores, jnp.zeros(E), v3_config(groups_per_token=3, k=3))
+    if 7 in indices[0].tolist():
+        fail(
+            f"{SELECT}: chose {sorted(indices[0].tolist())}, but expert 7's group (0.0, 0.95, "
+            "sum 0.95) is the worst of 4, so with 3 groups per token it is out of the race."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# sequence_aux_loss
+# ----------------------------------------------------------------------------------------------
+
+
+def seq_aux_reference(scores, indices, alpha):
+    scores, indices = np.asarray(scores, np.float64), np.asarray(indices)
+    B_, T_, E_ = scores.shape
+    K_ = indices.shape[-1]
+    losses = []
+    for s, idx in zip(scores, indices, strict=True):
+        f = E_ / (K_ * T_) * np.bincount(idx.ravel(), minlength=E_)
+        P = (s / s.sum(-1, keepdims=True)).mean(0)
+        losses.append(alpha * (f * P).sum())
+    return float(np.mean(losses))
+
+
+def aux_inputs(seed=0, B_=3):
+    scores = random_scores((B_, T, E), seed=seed)
+    indices = jnp.asarray(np.argsort(-np.asarray(scores), -1)[..., :K], jnp.int32)
+    return scores, indices
+
+
+def test_seq_aux_is_a_scalar():
+    got = sequence_aux_loss(*aux_inputs(), 1e-4)
+    check_shape(SEQ_AUX, got, (), letters="")
+
+
+@pytest.mark.points(2)
+def test_seq_aux_hand_worked():
+    # 1 sequence, 2 tokens, E = 4, K = 1, both tokens chose expert 0: f = 4 / 2 * (2, 0, 0, 0).
+    # s' = (0.5, 0.5, 0, 0) and (0.5, 0, 0.5, 0), so P = (0.5, 0.25, 0.25, 0).
+    scores = jnp.asarray([[[0.4, 0.4, 0.0, 0.0], [0.2, 0.0, 0.2, 0.0]]], jnp.float32)
+    indices = jnp.asarray([[[0], [0]]], jnp.int32)
+    got = sequence_aux_loss(scores, indices, 0.1)
+    check_close(
+        SEQ_AUX,
+        got,
+        0.1 * 4 * 0.5,
+        atol=1e-6,
+        what="f = (4, 0, 0, 0) and P = (0.5, 0.25, 0.25, 0), so L = 0.1 * 4 * 0.5 = 0.2",
+        hint="f_i = E / (K T) * count_i; P_i is the mean over tokens of s / sum(s).",
+    )
+
+
+def test_seq_aux_normalises_scores_per_token():
+    scores, indices = aux_inputs(seed=1, B_=1)
+    got = sequence_aux_loss(scores * 0.5, indices, 1.0)
+    check_close(
+        SEQ_AUX,
+        got,
+        seq_aux_reference(scores, indices, 1.0),
+        atol=1e-5,
+        what="halving every affinity should change nothing: s'_{t,i} = s_{t,i} / sum_j s_{t,j}",
+        hint="sigmoid scores do not sum to 1: normalise each token's row before averaging.",
+    )
+
+
+@pytest.mark.points(2)
+def test_seq_aux_is_per_sequence_then_averaged():
+    # Sequence 0 sends everything to expert 0, sequence 1 to expert 1: balanced pooled, not per sequence.
+    scores = jnp.asarray(
+        np.stack([np.tile([0.9, 0.1, 0.1, 0.1], (T, 1)), np.tile([0.1, 0.9, 0.1, 0.1], (T, 1))]),
+        jnp.float32,
+    )
+    indices = jnp.asarray(np.stack([np.zeros((T, 1)), np.ones((T, 1))]), jnp.int32)
+    got = sequence_aux_loss(scores, indices, 1.0)
+    check_close(
+        SEQ_AUX,
+        got,
+        seq_aux_reference(scores, indices, 1.0),
+        atol=1e-5,
+        what="each sequence concentrates on its own expert: f and P are per sequence (eq. 18-20)",
+        hint="compute f and P for each sequence (jax.vmap, or reduce over the T axis only), "
+        "then average the B losses; pooling the batch first hides this imbalance.",
+    )
+
+
+def test_seq_aux_perfect_balance_gives_alpha():
+    # E = 4, K = 1, T = 4: token t chooses expert t, and every affinity is equal.
+    scores = jnp.full((2, 4, 4), 0.3, jnp.float32)
+    indices = jnp.asarray(np.broadcast_to(np.arange(4)[None, :, None], (2, 4, 1)), jnp.int32)
+    check_close(
+        SEQ_AUX,
+        sequence_aux_loss(scores, indices, 0.01),
+        0.01,
+        atol=1e-7,
+        what="at perfect balance f_i = 1 and P_i = 1 / E, so L = alpha",
+    )
+
+
+def test_seq_aux_gradient_reaches_the_scores():
+    scores, indices = aux_inputs(seed=2)
+    with explain_tracer_errors(SEQ_AUX, "jax.grad"):
+        grad = jax.grad(lambda s: sequence_aux_loss(s, indices, 1.0))(scores)
+    check_shape(SEQ_AUX, grad, scores.shape, letters="B T E")
+    check_finite(SEQ_AUX, grad, what="the gradient with respect to the scores")
+    if not np.abs(np.asarray(grad)).max() > 0:
+        fail(f"{SEQ_AUX}: the gradient with respect to the scores is zero; it flows through P.")
+
+
+def test_seq_aux_works_under_jit():
+    scores, indices = aux_inputs(seed=3)
+    with explain_tracer_errors(SEQ_AUX, "jax.jit"):
+        got = jax.jit(sequence_aux_loss, static_argnums=2)(scores, indices, 1e-3)
+    check_close(
+        SEQ_AUX,
+        got,
+        seq_aux_reference(scores, indices, 1e-3),
+        atol=1e-7,
+        rtol=1e-4,
+        what="under jax.jit",
+    )

@@ -15,10 +15,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from minids.grading import (
     check_close,
     check_dtype,
+    check_finite,
     check_shape,
     explain_tracer_errors,
     fail,
@@ -27,10 +29,15 @@ from minids.grading import (
 
 exercise = load_exercise(
     Path(__file__).with_name("02_mla.py"),
-    solutions={"latent_kv": "minids.mla", "absorbed_scores": "minids.mla"},
+    solutions={
+        "latent_kv": "minids.mla",
+        "absorbed_scores": "minids.mla",
+        "absorbed_attention": "minids.mla",
+    },
 )
 latent_kv = exercise.latent_kv
 absorbed_scores = exercise.absorbed_scores
+absorbed_attention = exercise.absorbed_attention
 
 LATENT, ABSORBED = "latent_kv", "absorbed_scores"
 B, T, S, D, N, C, R, HN = 2, 5, 7, 12, 3, 6, 4, 8
@@ -318,3 +325,120 @@ def test_absorbed_scores_work_under_jit():
             *[jnp.asarray(a) for a in args], 0.25
         )
     check_close(ABSORBED, jitted, eager, atol=1e-5, what="under jax.jit against eager")
+
+
+# ----------------------------------------------------------------------------------------------
+# absorbed_attention
+# ----------------------------------------------------------------------------------------------
+
+ATTEND, HV = "absorbed_attention", 5
+
+
+def attention_inputs(seed=20):
+    return (*score_inputs(seed), randn((C, N, HV), seed + 5) / np.sqrt(C))
+
+
+def causal_mask(offset=S - T):
+    """Queries at slots offset .. offset + T - 1 of the S cached tokens: (1, T, S)."""
+    return (np.arange(S)[None, :] <= offset + np.arange(T)[:, None])[None]
+
+
+def rebuilt_np(q_nope, q_rope, c_kv, k_rope, w_uk, w_uv, mask, scale):
+    """The naive way, float64: scores from rebuilt keys, then the weights times rebuilt values."""
+    scores = naive_np(q_nope, q_rope, c_kv, k_rope, w_uk, scale)  # (B, N, T, S)
+    scores = np.where(np.asarray(mask)[:, None], scores, -1e30)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    v = np.einsum("bsc,cnh->bsnh", c_kv, np.asarray(w_uv, np.float64))  # every value, per head
+    return np.einsum("bnts,bsnh->btnh", p, v)
+
+
+def call_attend(*args):
+    got = absorbed_attention(*[jnp.asarray(a) for a in args[:7]], args[7])
+    check_shape(ATTEND, got, (B, T, N, HV), letters="B T N Hv")
+    return got
+
+
+def test_attend_shape_and_dtype():
+    got = call_attend(*attention_inputs(), causal_mask(), 0.3)
+    check_dtype(ATTEND, got, jnp.float32)
+
+
+@pytest.mark.points(2)
+def test_attend_equals_attention_over_rebuilt_keys_and_values():
+    args = (*attention_inputs(21), causal_mask(), 0.3)
+    check_close(
+        ATTEND,
+        call_attend(*args),
+        rebuilt_np(*args),
+        atol=1e-5,
+        rtol=1e-4,
+        what="compared with rebuilding every key and value (rebuilt_np in this file)",
+        hint="after the softmax, sum the latents c_kv with the weights (B, T, N, C), then apply "
+        "W_UV per head: einsum('BTNC,CNH->BTNH'). The value width is Hv, not Hn.",
+    )
+
+
+@pytest.mark.points(2)
+def test_attend_masked_slots_have_no_effect():
+    q_nope, q_rope, c_kv, k_rope, w_uk, w_uv = attention_inputs(22)
+    mask = causal_mask(
+        offset=1
+    )  # slots 6 and beyond are never readable... and slot 7 does not exist
+    changed_c = np.asarray(c_kv).copy()
+    changed_c[:, -1] += 100.0  # the last slot is masked for every query
+    mask = mask & (np.arange(S) < S - 1)[None, None, :]
+    out = call_attend(q_nope, q_rope, c_kv, k_rope, w_uk, w_uv, mask, 0.3)
+    changed = call_attend(q_nope, q_rope, changed_c, k_rope, w_uk, w_uv, mask, 0.3)
+    check_close(
+        ATTEND,
+        changed,
+        out,
+        atol=1e-5,
+        what="changing a latent in a slot the mask forbids changed the output",
+        hint="set the scores to a very negative number where mask is False (mask[:, None] adds "
+        "the heads axis), before the softmax.",
+    )
+
+
+def test_attend_fully_masked_row_is_finite():
+    mask = causal_mask().copy()
+    mask[:, 0] = False
+    got = call_attend(*attention_inputs(23), mask, 0.3)
+    check_finite(ATTEND, got, hint="mask with a large finite negative number, not -inf.")
+
+
+def test_attend_gradient_matches_the_naive_one():
+    q_nope, q_rope, c_kv, k_rope, w_uk, w_uv = (jnp.asarray(a) for a in attention_inputs(24))
+    mask = jnp.asarray(causal_mask())
+
+    def naive(q):
+        k_nope = jnp.einsum("BSC,CNH->BSNH", c_kv, w_uk)
+        scores = jnp.einsum("BTNH,BSNH->BNTS", q, k_nope) + jnp.einsum(
+            "BTNR,BSR->BNTS", q_rope, k_rope
+        )
+        scores = jnp.where(mask[:, None], scores * 0.3, -1e30)
+        v = jnp.einsum("BSC,CNH->BSNH", c_kv, w_uv)
+        return jnp.sum(jnp.einsum("BNTS,BSNH->BTNH", jax.nn.softmax(scores, -1), v) ** 2)
+
+    def absorbed(q):
+        return jnp.sum(absorbed_attention(q, q_rope, c_kv, k_rope, w_uk, w_uv, mask, 0.3) ** 2)
+
+    with explain_tracer_errors(ATTEND, "jax.grad"):
+        got = jax.jit(jax.grad(absorbed))(q_nope)
+    check_close(
+        ATTEND,
+        got,
+        jax.jit(jax.grad(naive))(q_nope),
+        atol=1e-4,
+        rtol=1e-4,
+        what="the gradient with respect to q_nope, compared with the naive computation's",
+    )
+
+
+def test_attend_works_under_jit():
+    args = (*(jnp.asarray(a) for a in attention_inputs(25)), jnp.asarray(causal_mask()))
+    eager = call_attend(*args, 0.3)
+    with explain_tracer_errors(ATTEND, "jax.jit"):
+        got = jax.jit(absorbed_attention, static_argnums=7)(*args, 0.3)
+    check_close(ATTEND, got, eager, atol=1e-5, rtol=1e-5, what="under jax.jit and without it")

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from minids.grading import (
     check_close,
@@ -28,8 +29,13 @@ from minids.grading import (
 
 exercise = load_exercise(
     Path(__file__).with_name("03_fp8.py"),
-    solutions={"quantize": "minids.fp8", "dequantize": "minids.fp8"},
+    solutions={
+        "quantize": "minids.fp8",
+        "dequantize": "minids.fp8",
+        "quantize_delayed": "minids.fp8",
+    },
 )
+quantize_delayed = exercise.quantize_delayed
 quantize = exercise.quantize
 dequantize = exercise.dequantize
 
@@ -286,3 +292,96 @@ def test_quantize_works_under_jit():
         atol=0,
         what="q under jit",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# quantize_delayed
+# ----------------------------------------------------------------------------------------------
+
+DELAYED = "quantize_delayed"
+HISTORY = jnp.asarray([2.0, 8.96, 4.0, 0.5], jnp.float32)  # max 8.96: scale 8.96 / 448 = 0.02
+
+
+def delayed(x, history=HISTORY, fmt="e4m3"):
+    result = quantize_delayed(jnp.asarray(x, jnp.float32), history, fmt)
+    if not isinstance(result, tuple | list) or len(result) != 3:
+        fail(
+            f"{DELAYED} should return a triple (q, scale, new_history), got {type(result).__name__}"
+        )
+    q, scale, new_history = result
+    check_shape(DELAYED, q, np.shape(x))
+    check_shape(DELAYED, scale, ())
+    check_shape(DELAYED, new_history, history.shape)
+    return q, scale, new_history
+
+
+def test_delayed_shapes_and_dtypes():
+    q, scale, new_history = delayed(np.ones((3, 4)))
+    check_dtype(DELAYED, q, jnp.float8_e4m3fn)
+    check_dtype(DELAYED, scale, jnp.float32)
+    check_dtype(DELAYED, new_history, jnp.float32)
+
+
+@pytest.mark.points(2)
+def test_delayed_scale_comes_from_the_history():
+    x = np.full((2, 4), 1.0)  # this step's max |x| is 1, far below the history's 8.96
+    q, scale, _ = delayed(x)
+    check_close(
+        DELAYED,
+        scale,
+        8.96 / 448,
+        rtol=1e-6,
+        what="the scale should be max(history) / 448 = 0.02, whatever this x holds",
+        hint="delayed scaling uses the past steps' amax only: that is what saves a pass over x.",
+    )
+    check_close(
+        DELAYED,
+        np.asarray(q, np.float64),
+        np.full((2, 4), 48.0),
+        atol=0,
+        what="1.0 / 0.02 = 50 rounds to 48 in E4M3 (its neighbours are 48 and 52)",
+    )
+
+
+@pytest.mark.points(2)
+def test_delayed_outlier_saturates_and_never_becomes_nan():
+    x = np.asarray([[1.0, -100.0, 100.0, 3.0]])  # 100 / 0.02 = 5000, far above 448
+    q, _, _ = delayed(x)
+    values = np.asarray(q, np.float64)
+    check_finite(
+        DELAYED,
+        values,
+        hint="clip x / scale to [-448, 448] before the cast: E4M3 has no infinity, so an "
+        "out-of-range cast gives NaN.",
+    )
+    check_close(
+        DELAYED,
+        values,
+        [[48.0, -448.0, 448.0, 144.0]],  # 3 / 0.02 = 150 rounds to 144 (E4M3 steps by 16 there)
+        atol=0,
+        what="values beyond the history's range saturate at +-448",
+    )
+
+
+@pytest.mark.points(2)
+def test_delayed_history_shifts_with_this_steps_amax_in_front():
+    x = np.asarray([[0.5, -7.25], [3.0, 1.0]])
+    _, _, new_history = delayed(x)
+    check_close(
+        DELAYED,
+        new_history,
+        [7.25, 2.0, 8.96, 4.0],
+        atol=1e-6,
+        what="the new history is [max |x|, then the old one without its last entry]",
+        hint="max |x| here is 7.25 (an absolute value); jnp.roll(history, 1).at[0].set(amax).",
+    )
+
+
+def test_delayed_works_under_jit():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8)), jnp.float32)
+    with explain_tracer_errors(DELAYED, "jax.jit"):
+        q, scale, new_history = jax.jit(quantize_delayed, static_argnums=2)(x, HISTORY, "e4m3")
+    eager = delayed(x)
+    check_close(DELAYED, np.asarray(q, np.float64), np.asarray(eager[0], np.float64), atol=0,
+                what="q under jax.jit and without it")  # fmt: skip
+    check_close(DELAYED, new_history, eager[2], atol=0, what="the history under jax.jit")

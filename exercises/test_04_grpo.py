@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from minids.grading import (
     check_close,
@@ -33,10 +34,14 @@ exercise = load_exercise(
         "group_advantages": "minids.grpo",
         "clipped_surrogate": "minids.grpo",
         "k3_kl": "minids.grpo",
+        "completion_mask": "minids.grpo_trainer",
+        "aggregate": "minids.grpo",
     },
 )
 group_advantages = exercise.group_advantages
 clipped_surrogate = exercise.clipped_surrogate
+completion_mask = exercise.completion_mask
+aggregate = exercise.aggregate
 k3_kl = exercise.k3_kl
 
 ADV, SURR, KL = "group_advantages", "clipped_surrogate", "k3_kl"
@@ -324,3 +329,136 @@ def test_k3_masked_padding_and_gradient():
         what="d kl / d logp = 1 - exp(d)",
         hint="compute d from logp inside the function so the gradient flows through it.",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# completion_mask
+# ----------------------------------------------------------------------------------------------
+
+MASK, AGGREGATE, EOS = "completion_mask", "aggregate", 2
+
+
+def check_bool_rows(got, want, what):
+    want = np.asarray(want, bool)
+    check_shape(MASK, got, want.shape, letters="B T")
+    check_dtype(MASK, got, np.bool_, hint="return booleans (a comparison), not 0/1 numbers.")
+    rows = np.asarray(got)
+    for b, (g, w) in enumerate(zip(rows, want, strict=True)):
+        if not np.array_equal(g, w):
+            fail(
+                f"{MASK}: {what}: row {b} is {g.astype(int).tolist()}, expected {w.astype(int).tolist()}"
+            )
+
+
+def test_completion_mask_shape_and_dtype():
+    got = completion_mask(np.asarray([[5, 7, EOS, 9]]), EOS)
+    check_shape(MASK, got, (1, 4), letters="B T")
+    check_dtype(MASK, got, np.bool_, hint="return booleans (a comparison), not 0/1 numbers.")
+
+
+@pytest.mark.points(2)
+def test_completion_mask_example():
+    tokens = np.asarray([[5, 7, EOS, 9, 9], [5, 5, 5, 5, 5]])
+    check_bool_rows(
+        completion_mask(tokens, EOS),
+        [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]],
+        "True up to and including the first EOS, every token when there is none",
+    )
+
+
+def test_completion_mask_eos_first():
+    check_bool_rows(
+        completion_mask(np.asarray([[EOS, 4, 4]]), EOS), [[1, 0, 0]], "an EOS at position 0"
+    )
+
+
+def test_completion_mask_second_eos_restarts_nothing():
+    check_bool_rows(
+        completion_mask(np.asarray([[4, EOS, 4, EOS, 4]]), EOS),
+        [[1, 1, 0, 0, 0]],
+        "only the first EOS counts",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# aggregate
+# ----------------------------------------------------------------------------------------------
+
+# Four completions, two prompts (G = 2), three tokens each. Lengths |o| = 2, 3, 1, 0: the last row
+# is empty. Masked row sums: 3, 15, 7, 0; 6 tokens in all.
+PER_TOKEN = jnp.asarray([[1.0, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]])
+KEEP = jnp.asarray([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]], bool)
+WORKED = {
+    "grpo": (4.5, "row means 1.5, 5, 7 over the 3 non-empty rows: 13.5 / 3"),
+    "bnpo": (25 / 6, "all 25 over all 6 tokens"),
+    "dapo": (5.3, "group 0: 18 / 5 = 3.6, group 1: 7 / 1 = 7; their mean"),
+    "dr_grpo": (25 / 9, "25 over 3 non-empty rows times T = 3"),
+}
+
+
+def check_loss_type(loss_type, hint):
+    want, how = WORKED[loss_type]
+    got = aggregate(PER_TOKEN, KEEP, loss_type, 2)
+    check_shape(AGGREGATE, got, ())
+    check_close(AGGREGATE, got, want, atol=1e-5, what=f'loss_type="{loss_type}": {how}', hint=hint)
+
+
+@pytest.mark.points(2)
+def test_aggregate_grpo():
+    check_loss_type("grpo", "average each completion over its own tokens, then the completions.")
+
+
+@pytest.mark.points(2)
+def test_aggregate_bnpo():
+    check_loss_type("bnpo", "one sum over every kept token, divided by how many there are.")
+
+
+@pytest.mark.points(2)
+def test_aggregate_dapo():
+    check_loss_type("dapo", "per group of G = group_size rows: sum / tokens; then the mean.")
+
+
+@pytest.mark.points(2)
+def test_aggregate_dr_grpo():
+    check_loss_type("dr_grpo", "divide by (rows with a token) * T, the longest completion allowed.")
+
+
+def test_aggregate_ignores_masked_entries():
+    changed = jnp.where(KEEP, PER_TOKEN, 1e6)
+    for loss_type, (want, _) in WORKED.items():
+        check_close(
+            AGGREGATE,
+            aggregate(changed, KEEP, loss_type, 2),
+            want,
+            atol=1e-4,
+            what=f'loss_type="{loss_type}" with 1e6 in every masked entry',
+            hint="multiply by the mask (or jnp.where) before summing.",
+        )
+
+
+def test_aggregate_empty_rows_count_nowhere():
+    got = aggregate(PER_TOKEN[:2], KEEP[:2] & False, "grpo", 2)
+    check_close(
+        AGGREGATE,
+        got,
+        0.0,
+        atol=0,
+        what="an all-False mask should give 0, not NaN",
+        hint="guard every division with jnp.maximum(denominator, 1).",
+    )
+
+
+def test_aggregate_rejects_an_unknown_loss_type():
+    try:
+        aggregate(PER_TOKEN, KEEP, "mean", 2)
+    except ValueError as error:
+        if "loss_type" not in str(error):
+            fail(f"{AGGREGATE}: the ValueError should name `loss_type`, got: {error}")
+        return
+    fail(f'{AGGREGATE}: loss_type="mean" should raise ValueError naming loss_type.')
+
+
+def test_aggregate_works_under_jit():
+    with explain_tracer_errors(AGGREGATE, "jax.jit"):
+        got = jax.jit(aggregate, static_argnums=(2, 3))(PER_TOKEN, KEEP, "dapo", 2)
+    check_close(AGGREGATE, got, 5.3, atol=1e-5, what="under jax.jit")

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from minids.grading import (
     check_close,
@@ -26,9 +27,13 @@ from minids.grading import (
 
 exercise = load_exercise(
     Path(__file__).with_name("05_distillation.py"),
-    solutions={"distillation_loss": "minids.distill"},
+    solutions={
+        "distillation_loss": "minids.distill",
+        "distillation_objective": "minids.distill",
+    },
 )
 distillation_loss = exercise.distillation_loss
+distillation_objective = exercise.distillation_objective
 NAME = "distillation_loss"
 
 
@@ -172,3 +177,130 @@ def test_works_under_jit():
     with explain_tracer_errors(NAME, "jax.jit"):
         jitted = jax.jit(distillation_loss, static_argnums=(2,))(s, t, 2.0)
     check_close(NAME, jitted, eager, atol=1e-6, what="under jax.jit against eager")
+
+
+# ----------------------------------------------------------------------------------------------
+# distillation_objective
+# ----------------------------------------------------------------------------------------------
+
+OBJECTIVE = "distillation_objective"
+
+
+def objective_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    student = jnp.asarray(rng.normal(size=(2, 3, 5)), jnp.float32)
+    teacher = jnp.asarray(rng.normal(size=(2, 3, 5)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 5, size=(2, 3)), jnp.int32)
+    mask = jnp.asarray([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    return student, teacher, targets, mask
+
+
+def soft_np(student, teacher, mask, T):
+    """T^2 * KL(teacher || student) at temperature T, masked mean, float64."""
+    s, t = np.asarray(student, np.float64) / T, np.asarray(teacher, np.float64) / T
+    log_q = s - np.log(np.exp(s).sum(-1, keepdims=True))
+    log_p = t - np.log(np.exp(t).sum(-1, keepdims=True))
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+    return T**2 * (kl * mask).sum() / np.asarray(mask).sum()
+
+
+def hard_np(student, targets, mask):
+    """Cross-entropy of the student against the targets, temperature 1, masked mean."""
+    s = np.asarray(student, np.float64)
+    log_q = s - np.log(np.exp(s).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(log_q, np.asarray(targets)[..., None], -1)[..., 0]
+    return (ce * mask).sum() / np.asarray(mask).sum()
+
+
+def objective(*args):
+    got = distillation_objective(*args)
+    check_shape(OBJECTIVE, got, ())
+    return got
+
+
+def test_objective_alpha_one_is_distillation():
+    student, teacher, targets, mask = objective_inputs(1)
+    check_close(
+        OBJECTIVE,
+        objective(student, teacher, targets, mask, 1.0, 2.0),
+        soft_np(student, teacher, mask, 2.0),
+        atol=1e-5,
+        what="alpha = 1: T^2 KL(teacher || student) at T = 2, masked mean",
+    )
+
+
+@pytest.mark.points(2)
+def test_objective_alpha_zero_is_cross_entropy():
+    student, teacher, targets, mask = objective_inputs(2)
+    check_close(
+        OBJECTIVE,
+        objective(student, teacher, targets, mask, 0.0, 2.0),
+        hard_np(student, targets, mask),
+        atol=1e-5,
+        what="alpha = 0: the masked mean of -log softmax(student)[target], at temperature 1",
+        hint="the hard term does not divide the logits by the temperature.",
+    )
+
+
+def test_objective_mixes_by_alpha():
+    student, teacher, targets, mask = objective_inputs(3)
+    want = 0.3 * soft_np(student, teacher, mask, 2.0) + 0.7 * hard_np(student, targets, mask)
+    check_close(
+        OBJECTIVE,
+        objective(student, teacher, targets, mask, 0.3, 2.0),
+        want,
+        atol=1e-5,
+        what="alpha = 0.3: 0.3 * soft + 0.7 * hard",
+    )
+
+
+@pytest.mark.points(2)
+def test_objective_ignores_masked_tokens():
+    student, teacher, targets, mask = objective_inputs(4)
+    hidden = (np.asarray(mask) == 0)[..., None]
+    changed = jnp.where(hidden, 50.0 * student, student)
+    check_close(
+        OBJECTIVE,
+        objective(changed, teacher, targets, mask, 0.5, 2.0),
+        objective(student, teacher, targets, mask, 0.5, 2.0),
+        atol=1e-5,
+        what="changing the logits where mask = 0 changed the loss",
+        hint="both terms are means over the tokens where mask = 1: sum(term * mask) / sum(mask).",
+    )
+
+
+def test_objective_rejects_alpha_outside_0_1():
+    student, teacher, targets, mask = objective_inputs(5)
+    try:
+        distillation_objective(student, teacher, targets, mask, 1.5, 1.0)
+    except ValueError as error:
+        if "alpha" not in str(error):
+            fail(f"{OBJECTIVE}: the ValueError should name `alpha`, got: {error}")
+        return
+    fail(f"{OBJECTIVE}: alpha = 1.5 should raise ValueError naming alpha.")
+
+
+def test_objective_sends_no_gradient_to_the_teacher():
+    student, teacher, targets, mask = objective_inputs(6)
+    with explain_tracer_errors(OBJECTIVE, "jax.grad"):
+        grad = jax.grad(lambda t: distillation_objective(student, t, targets, mask, 0.5, 2.0))(
+            teacher
+        )
+    check_close(
+        OBJECTIVE,
+        grad,
+        np.zeros(teacher.shape),
+        atol=0,
+        what="the gradient with respect to the teacher's logits should be zero",
+        hint="jax.lax.stop_gradient(teacher_logits): the teacher is not being trained.",
+    )
+
+
+def test_objective_works_under_jit():
+    student, teacher, targets, mask = objective_inputs(7)
+    with explain_tracer_errors(OBJECTIVE, "jax.jit"):
+        got = jax.jit(distillation_objective, static_argnums=(4, 5))(
+            student, teacher, targets, mask, 0.5, 2.0
+        )
+    want = 0.5 * soft_np(student, teacher, mask, 2.0) + 0.5 * hard_np(student, targets, mask)
+    check_close(OBJECTIVE, got, want, atol=1e-5, what="under jax.jit")

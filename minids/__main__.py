@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import shutil
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +23,9 @@ from typing import Any
 
 # The options that set a config dataclass's fields, by command. Each one's default, type, choices and
 # help come from the field itself (`_add_config_options`), so every default is written once.
-_TRAIN_FIELDS = ("steps", "batch_size", "lr", "eval_every", "seed")  # TrainConfig
+# Every trainer saves periodically into its --out folder; these fields set how often and how many.
+_CKPT_FIELDS = ("ckpt_every", "ckpt_minutes", "ckpt_keep")
+_TRAIN_FIELDS = ("steps", "batch_size", "lr", "eval_every", "seed", *_CKPT_FIELDS)  # TrainConfig
 _GRPO_FIELDS = (  # GRPOConfig
     "steps",
     "prompts_per_step",
@@ -41,8 +46,11 @@ _GRPO_FIELDS = (  # GRPOConfig
     "eval_every",
     "eval_k",
     "seed",
+    *_CKPT_FIELDS,
 )
-_DISTILL_FIELDS = ("steps", "seed")  # TrainConfig, the student's
+_DISTILL_FIELDS = ("steps", "seed", *_CKPT_FIELDS)  # TrainConfig, the student's
+# What a training command writes into --out; --overwrite removes these and nothing else.
+_RUN_FILES = ("checkpoint", "metrics.json", "loss.png")
 
 
 def _add_config_options(
@@ -97,6 +105,44 @@ def _config_values(args: argparse.Namespace, names: Sequence[str]) -> dict:
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
+def _prepare_out(args: argparse.Namespace, resume: bool | None = None) -> Path:
+    """The --out folder of a training command, checked: a run there is never replaced silently.
+
+    A folder that holds a run needs --resume (continue it) or --overwrite (start again); a file,
+    or a folder that cannot be made, is an error. `resume` overrides args.resume."""
+    from minids.checkpoint import holds_checkpoint, latest_step
+
+    out = Path(args.out)
+    resume = args.resume if resume is None else resume
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite replaces it: pick one")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder for the run's files")
+    if resume:
+        if not holds_checkpoint(out / "checkpoint"):
+            raise ValueError(f"--resume: {args.out} holds no checkpoint to resume from")
+        return out
+    if out.is_dir() and any((out / name).exists() for name in _RUN_FILES):
+        if not args.overwrite:
+            step = latest_step(out / "checkpoint")
+            at = f" (checkpoint at step {step})" if step is not None else ""
+            raise ValueError(
+                f"--out {args.out} already holds a run{at}; add --resume to continue it or "
+                "--overwrite to start again"
+            )
+        for name in _RUN_FILES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create --out {args.out}: {err.strerror or err}") from None
+    return out
+
+
 def _train(args: argparse.Namespace) -> int:
     from minids.config import preset
     from minids.data import load_local, load_split, shipped_data_dir
@@ -115,13 +161,17 @@ def _train(args: argparse.Namespace) -> int:
         rows = load_local(args.dataset)
         n_val = max(1, len(rows) // 20)
         train, val, test = rows[:-n_val], rows[-n_val:], rows[-n_val:]
+        if len(train) < tcfg.batch_size:
+            raise ValueError(
+                f"--dataset {args.dataset} has {len(rows)} rows: {len(train)} to train on after "
+                f"holding out {n_val}, fewer than one batch (--batch-size {tcfg.batch_size})"
+            )
         print(f"dataset {args.dataset}: {len(train)} training rows, {n_val} held out")
     else:
         data_dir = args.data or shipped_data_dir()
         train, val, test = (load_split(s, data_dir) for s in ("train", "val", "test"))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _prepare_out(args)
     model = Transformer(cfg)
     print(f"model: preset {args.preset!r}, {count_params(model):,} parameters, compute {cfg.dtype}")
     print(f"training: {tcfg.steps} steps of {tcfg.batch_size} examples, peak lr {tcfg.lr}")
@@ -182,12 +232,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _grpo(args: argparse.Namespace) -> int:
+    from minids.checkpoint import holds_checkpoint, read_meta
     from minids.config import preset
     from minids.data import load_split
     from minids.grpo_trainer import GRPOConfig, train_grpo
     from minids.model import Transformer
     from minids.rewards import r1_sft_examples
-    from minids.train import TrainConfig, fit, load_checkpoint, save_checkpoint
+    from minids.train import TrainConfig, fit, load_checkpoint
 
     rewards = ("accuracy", "format") if args.template == "r1" else ("plain_accuracy",)
     weights = (1.0, args.format_weight) if args.template == "r1" else (1.0,)
@@ -203,45 +254,62 @@ def _grpo(args: argparse.Namespace) -> int:
     if not train:
         raise ValueError(f"no training prompts for task {args.task!r}")
     half = len(train) // 2  # the demonstration base learns from one half, GRPO samples the other
+    # A run stopped while training its base has no GRPO checkpoint yet: it resumes the base only.
+    resume = args.resume and not (
+        args.train_base and not holds_checkpoint(Path(args.out) / "checkpoint")
+    )
+    out = _prepare_out(args, resume)
     if args.train_base:
         if args.task != "add" or args.template != "r1":
             raise ValueError(
                 "--train-base makes the demonstration base: it needs --task add and --template r1"
             )
-        model = Transformer(preset("tiny", max_seq_len=48, seed=args.seed))
-        print(
-            f"training the demonstration base for {args.base_steps} steps (see minids.rewards.r1_sft_examples)"
-        )
-        fit(
-            model,
-            r1_sft_examples(train[:half], seed=args.seed),
-            None,
-            TrainConfig(
-                steps=args.base_steps,
-                batch_size=64,
-                lr=3e-3,
-                warmup_steps=50,
-                eval_every=0,
-                seed=args.seed,
-            ),
-            progress=not args.no_progress,
-        )
-        save_checkpoint(args.ckpt, model, step=args.base_steps)
-        print(f"wrote the base model to {args.ckpt}")
-    else:
-        model, _ = load_checkpoint(args.ckpt)
+        base = Path(args.ckpt)
+        has_base = holds_checkpoint(base)
+        if has_base and not (args.resume or args.overwrite):
+            raise ValueError(
+                f"--ckpt {args.ckpt} already holds a checkpoint that --train-base would replace; "
+                "add --resume to continue from it or --overwrite to train a new base"
+            )
+        if has_base and args.overwrite:
+            _remove_checkpoint_folder(base)
+            has_base = False
+        if not (has_base and read_meta(base)["step"] >= args.base_steps):
+            model = Transformer(preset("tiny", max_seq_len=48, seed=args.seed))
+            print(
+                f"training the demonstration base for {args.base_steps} steps "
+                "(see minids.rewards.r1_sft_examples)"
+            )
+            fit(
+                model,
+                r1_sft_examples(train[:half], seed=args.seed),
+                None,
+                TrainConfig(
+                    steps=args.base_steps,
+                    batch_size=64,
+                    lr=3e-3,
+                    warmup_steps=50,
+                    eval_every=0,
+                    seed=args.seed,
+                ),
+                ckpt_dir=base,
+                resume=has_base,
+                progress=not args.no_progress,
+            )
+            print(f"wrote the base model to {args.ckpt}")
+    model, _ = load_checkpoint(args.ckpt)
     prompts = train[half:] if args.template == "r1" else train
     print(
         f"GRPO: {cfg.steps} steps x {cfg.prompts_per_step} prompts x G={cfg.group_size}, "
         f"loss {cfg.loss_type}, beta {cfg.beta}, lr {cfg.lr}; rewards {dict(zip(rewards, weights, strict=True))}"
     )
-    out = Path(args.out)
     history = train_grpo(
         model,
         prompts,
         cfg,
         eval_examples=held_out,
         ckpt_dir=out / "checkpoint",
+        resume=resume,
         progress=not args.no_progress,
     )
     before, after = history.eval[0], history.eval[-1]
@@ -272,8 +340,9 @@ def _distill(args: argparse.Namespace) -> int:
     from minids.data import load_split
     from minids.distill import accuracy, fit_logit_distillation, rejection_sample, task_check
     from minids.model import Transformer, count_params
-    from minids.train import TRAIN_PRESETS, fit, load_checkpoint, save_checkpoint
+    from minids.train import TRAIN_PRESETS, fit, load_checkpoint
 
+    out = _prepare_out(args)
     teacher, _ = load_checkpoint(args.teacher)
     if args.template == "r1":
         from minids.rewards import accuracy_reward
@@ -329,6 +398,8 @@ def _distill(args: argparse.Namespace) -> int:
             data,
             None,
             dataclasses.replace(tcfg, batch_size=min(tcfg.batch_size, len(data))),
+            ckpt_dir=out / "checkpoint",
+            resume=args.resume,
             progress=not args.no_progress,
         )
     else:
@@ -340,10 +411,10 @@ def _distill(args: argparse.Namespace) -> int:
             tcfg,
             alpha=args.alpha,
             temperature=args.temperature,
+            ckpt_dir=out / "checkpoint",
+            resume=args.resume,
             progress=not args.no_progress,
         )
-    out = Path(args.out)
-    save_checkpoint(out / "checkpoint", student, step=tcfg.steps, history=history, train_cfg=tcfg)
     results = {
         name: accuracy(m, test, check=check, max_new_tokens=args.max_new_tokens)
         for name, m in (("teacher", teacher), ("student", student))
@@ -379,6 +450,33 @@ def _cost(args: argparse.Namespace) -> int:
     )
     print(format_report(f"preset {args.preset!r}", report))
     return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--resume and --overwrite: what to do with a run already in --out (`_prepare_out`)."""
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint (<out>/checkpoint)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (its checkpoint/, metrics.json and loss.png)",
+    )
+
+
+def _remove_checkpoint_folder(folder: Path) -> None:
+    """Delete a folder of checkpoint steps, refusing one that holds anything else."""
+    from minids.checkpoint import latest_step
+
+    strays = [p.name for p in folder.iterdir() if not p.name.split(".")[0].isdigit()]
+    if latest_step(folder) is None or strays:
+        raise ValueError(
+            f"--overwrite: {folder} is not a folder of checkpoint steps only "
+            f"(it holds {sorted(strays)[:5]}); move it away yourself"
+        )
+    shutil.rmtree(folder)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="your own local .jsonl (prompt/answer or text fields) or .txt file",
     )
-    t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    _add_run_options(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
@@ -438,7 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load a checkpoint written by `train` and complete one or more prompts.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g.add_argument("--ckpt", required=True, help="checkpoint folder, e.g. runs/tiny/checkpoint")
+    g.add_argument(
+        "--ckpt",
+        required=True,
+        help="a run folder (runs/tiny), its checkpoint/ folder, or one step inside it",
+    )
     g.add_argument(
         "--prompt",
         action="append",
@@ -472,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--base-steps", type=int, default=600, help="supervised steps of --train-base")
     r.add_argument("--out", default="runs/grpo", help="output folder")
+    _add_run_options(r)
     r.add_argument(
         "--task", default="add", help="task whose prompts are used (add, sub, sort, rev, count)"
     )
@@ -512,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher", required=True, help="teacher checkpoint folder")
     d.add_argument("--mode", choices=["sequence", "logit"], default="sequence")
     d.add_argument("--out", default="runs/distill", help="output folder")
+    _add_run_options(d)
     d.add_argument("--student-preset", choices=["tiny", "small", "tiny_v3"], default="tiny")
     d.add_argument("--student-d-model", type=int, default=None, help="override the student's width")
     d.add_argument("--student-layers", type=int, default=None, help="override the student's depth")
@@ -575,6 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from minids.checkpoint import Interrupted
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     from minids.kernels.host_memory import keep_freed_memory
 
@@ -588,6 +695,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # bad input: a clear message, not a traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:  # SIGINT/SIGTERM: the step finished and a checkpoint was written
+        again = [a for a in argv if a != "--overwrite"]
+        again += [] if "--resume" in again else ["--resume"]
+        print(
+            f"stopped by {stop.signal_name} after step {stop.step}; saved {stop.checkpoint}. "
+            f"Resume with: python -m minids {shlex.join(again)}",
+            file=sys.stderr,
+        )
+        return 128 + signal.Signals[stop.signal_name].value
 
 
 if __name__ == "__main__":

@@ -264,47 +264,124 @@ def load_local(path: Path | str) -> list[dict[str, str]]:
     """A user's local dataset: `.jsonl` with prompt/answer (or text) fields, or a `.txt` file.
 
     Rows become {"task", "prompt", "answer"}; plain text becomes rows with an empty prompt, so the
-    model learns every character.
+    model learns every character. Bad data is a `ValueError` naming the file (and the line): an
+    empty file, a line that is not JSON, a row without the fields.
     """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"dataset path {str(path)!r} does not exist")
+    if path.suffix not in (".jsonl", ".json", ".txt"):
+        raise ValueError(f"dataset path must end in .jsonl, .json or .txt, got {str(path)!r}")
+    if not path.is_file():
+        raise ValueError(f"dataset path {str(path)!r} is not a file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"dataset {path} cannot be read as text: {err}") from None
+    if not text.strip():
+        raise ValueError(f"dataset {path} is empty")
+    if path.suffix == ".txt":
+        rows = [
+            {"task": "text", "prompt": "", "answer": t} for t in _read_with_datasets(path, "text")
+        ]
+        return [r for r in rows if r["answer"]]
+    _check_json_rows(path, text)
+    ds = _read_with_datasets(path, "json")
+    cols = set(ds.column_names)
+    if {"prompt", "answer"} <= cols:
+        tasks = ds["task"] if "task" in cols else ["custom"] * len(ds)
+        return _require_strings(
+            path,
+            [
+                {"task": t, "prompt": p, "answer": a}
+                for t, p, a in zip(tasks, ds["prompt"], ds["answer"], strict=True)
+            ],
+        )
+    if "text" in cols:
+        return _require_strings(
+            path, [{"task": "text", "prompt": "", "answer": t} for t in ds["text"]]
+        )
+    raise ValueError(
+        f"{path} needs 'prompt' and 'answer' fields, or a 'text' field; has {sorted(cols)}"
+    )
+
+
+def _check_json_rows(path: Path, text: str) -> None:
+    """Each row must be a JSON object with string `prompt` and `answer` (or `text`) fields; the
+    first that is not is reported with its line number (Hugging Face's error gives neither)."""
+    try:  # a .json file may hold one array of rows
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, list):
+        where, rows = "row", list(enumerate(whole, 1))
+    else:  # JSON lines: one object per line
+        where, rows = "line", []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise ValueError(
+                        f"{path}, line {lineno}: not valid JSON ({err.msg} at column {err.colno})"
+                    ) from None
+    if not rows:
+        raise ValueError(f"dataset {path} holds no rows")
+    fields = None
+    for n, row in rows:
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{path}, {where} {n}: expected a JSON object, got {type(row).__name__}"
+            )
+        if fields is None:  # the first row decides: prompt/answer, or text
+            fields = ("text",) if "text" in row and "prompt" not in row else ("prompt", "answer")
+        for name in fields:
+            if name not in row:
+                raise ValueError(
+                    f"{path}, {where} {n}: missing field {name!r} (every row needs "
+                    "'prompt' and 'answer', or 'text')"
+                )
+            if not isinstance(row[name], str):
+                raise ValueError(
+                    f"{path}, {where} {n}: row {n - 1} has a non-string {name!r} field: "
+                    f"{row[name]!r}"
+                )
+
+
+def _read_with_datasets(path: Path, kind: str):
+    """The file through Hugging Face `datasets` (local, no network), any failure one clear line."""
     import datasets  # imported here: it is slow to import and only needed for loading
 
     datasets.disable_progress_bars()
-    if path.suffix in (".jsonl", ".json"):
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
-        cols = set(ds.column_names)
-        if {"prompt", "answer"} <= cols:
-            tasks = ds["task"] if "task" in cols else ["custom"] * len(ds)
-            return _require_strings(
-                path,
-                [
-                    {"task": t, "prompt": p, "answer": a}
-                    for t, p, a in zip(tasks, ds["prompt"], ds["answer"], strict=True)
-                ],
-            )
-        if "text" in cols:
-            return _require_strings(
-                path, [{"task": "text", "prompt": "", "answer": t} for t in ds["text"]]
-            )
-        raise ValueError(
-            f"{path} needs 'prompt' and 'answer' fields, or a 'text' field; has {sorted(cols)}"
-        )
-    if path.suffix == ".txt":
-        ds = datasets.load_dataset("text", data_files=str(path), split="train")
-        return [{"task": "text", "prompt": "", "answer": t} for t in ds["text"] if t]
-    raise ValueError(f"dataset path must end in .jsonl, .json or .txt, got {str(path)!r}")
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as err:  # datasets wraps the reader's error in its own
+        cause = err.__cause__ or err
+        line = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+        raise ValueError(f"dataset {path} cannot be read: {line}") from None
+    return ds["text"] if kind == "text" else ds
 
 
 def _require_strings(path: Path, rows: list[dict]) -> list[dict[str, str]]:
     """Rows whose prompt and answer are text; a number or a missing value is a clear error here,
     not a TypeError deep inside the tokenizer."""
+    if not rows:
+        raise ValueError(f"dataset {path} holds no rows")
     for i, row in enumerate(rows):
         for name in ("prompt", "answer"):
             if not isinstance(row[name], str):
                 raise ValueError(f"{path}: row {i} has a non-string {name!r} field: {row[name]!r}")
     return rows
+
+
+def check_vocab(vocab_size: int, tokenizer: CharTokenizer | None = None) -> None:
+    """A model must have an embedding for every token id the tokenizer can produce."""
+    need = (tokenizer or CharTokenizer()).vocab_size
+    if vocab_size < need:
+        raise ValueError(
+            f"model vocab_size ({vocab_size}) is smaller than the tokenizer's ({need}): "
+            f"token ids up to {need - 1} would have no embedding; use vocab_size >= {need}"
+        )
 
 
 # -------------------------------------------------------------------------------------- batching

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from minids.data import TASKS, CharTokenizer
 from minids.generate import generate_text
@@ -74,6 +74,28 @@ def distillation_loss(
     if mask is None:
         mask = jnp.ones(kl.shape, jnp.float32)
     return temperature**2 * jnp.sum(kl * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def distillation_objective(
+    student_logits: Float[Array, "B T V"],
+    teacher_logits: Float[Array, "B T V"],
+    targets: Int[Array, "B T"],
+    mask: Float[Array, "B T"],
+    alpha: float,
+    temperature: float = 1.0,
+) -> Float[Array, ""]:
+    """Hinton et al.'s mix: alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE(targets).
+
+    The soft term pulls the student towards the teacher's whole distribution; the hard term keeps
+    it on the data's answers. Both are averaged over the tokens where mask is 1 (exercise 05).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    mask = mask.astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(student_logits, targets)
+    ce = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    kd = distillation_loss(student_logits, teacher_logits, temperature, mask)
+    return alpha * kd + (1 - alpha) * ce
 
 
 def check_compatible(teacher: Transformer, student: Transformer) -> None:
@@ -188,11 +210,10 @@ def distill_step(student, optimizer, batch, teacher, *, alpha: float, temperatur
 
     def loss(model):
         logits, aux = model.forward_with_aux(batch["inputs"])
-        mask = batch["loss_mask"]
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-        ce = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        kd = distillation_loss(logits, teacher_logits, temperature, mask)
-        return alpha * kd + (1 - alpha) * ce + aux.get("aux_loss", 0.0), aux
+        objective = distillation_objective(
+            logits, teacher_logits, batch["targets"], batch["loss_mask"], alpha, temperature
+        )
+        return objective + aux.get("aux_loss", 0.0), aux
 
     (value, aux), grads = nnx.value_and_grad(loss, has_aux=True)(student)
     optimizer.update(student, grads)
@@ -211,10 +232,11 @@ def fit_logit_distillation(
     temperature: float = 2.0,
     progress: bool = True,
     ckpt_dir=None,
+    resume: bool = False,
 ) -> History:
     """Train `student` in place on the data with the teacher's softened logits as extra targets.
 
-    Same loop, batches and checkpoints as `minids.train.fit`; `History.loss` is the mixed loss,
+    Same loop, batches, checkpoints and resume as `minids.train.fit`; `History.loss` is the mixed loss,
     `val_loss` the student's plain cross-entropy on the validation data.
     """
     check_compatible(teacher, student)
@@ -233,5 +255,6 @@ def fit_logit_distillation(
         cfg,
         progress=progress,
         ckpt_dir=ckpt_dir,
+        resume=resume,
         step_fn=step,
     )

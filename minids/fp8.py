@@ -144,14 +144,20 @@ def quantize(
 
     scale = max|x| over the block / the format's max (floored, so an all-zero block works); with
     `pow2_scale`, rounded up to a power of two. For (1, 128) on (M, I) the scale is (M, I/128); for
-    `block=None` it is one scalar. Values are clipped to +-max before the cast: never NaN.
+    `block=None` it is one scalar. Finite values are clipped to +-max before the cast: never NaN.
+
+    Non-finite input (the policy; tests/test_fp8.py): a NaN or +-inf stays non-finite in its own
+    position only (NaN in E4M3, which has no infinity; NaN or +-inf in E5M2), and the block's scale
+    comes from its finite values, so every other value of the block is quantized exactly as if the
+    NaN or inf were not there. A GEMM then carries it only into the outputs that read it.
     """
     f, block = _fmt(fmt), check_block("block", block)
     _check_blocks(x.shape, block, "x")
     x32 = jnp.asarray(x, jnp.float32)
     tiles = _tiles(x32, block)
     axes = (-3, -1) if block is not None else tuple(range(x32.ndim))
-    amax = jnp.max(jnp.abs(tiles), axis=axes)  # (..., R/br, C/bc) or ()
+    finite = jnp.where(jnp.isfinite(tiles), jnp.abs(tiles), 0.0)  # a NaN/inf sets no scale
+    amax = jnp.max(finite, axis=axes)  # (..., R/br, C/bc) or ()
     scale = jnp.maximum(amax, _AMAX_FLOOR) / f.max
     if (
         pow2_scale
@@ -159,7 +165,9 @@ def quantize(
         mantissa, exponent = jnp.frexp(scale)
         scale = jnp.ldexp(jnp.ones_like(scale), jnp.where(mantissa == 0.5, exponent - 1, exponent))
     spread = scale if block is None else scale[..., :, None, :, None]
-    q = jnp.clip(tiles / spread, -f.max, f.max).astype(f.dtype).reshape(x32.shape)
+    scaled = tiles / spread
+    clipped = jnp.where(jnp.isfinite(scaled), jnp.clip(scaled, -f.max, f.max), scaled)
+    q = clipped.astype(f.dtype).reshape(x32.shape)
     return q, scale
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from minids.data import CharTokenizer
+from minids.data import CharTokenizer, check_vocab
 from minids.model import Transformer
 
 
@@ -194,6 +194,13 @@ def generate(
 ) -> Generation:
     """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens."""
     _check_sampling(model, max_new_tokens, temperature, top_k, top_p)
+    longest = max((len(p) for p in prompts), default=0)
+    if longest > model.cfg.max_seq_len:
+        i = [len(p) for p in prompts].index(longest)
+        raise ValueError(
+            f"prompt {i} is {longest} tokens long, longer than the model's max_seq_len "
+            f"({model.cfg.max_seq_len}); shorten it or use a model with a larger max_seq_len"
+        )
     tokens, mask = left_pad(prompts, pad_id)
     if (
         tokens.min() < 0 or tokens.max() >= model.cfg.vocab_size
@@ -244,6 +251,7 @@ def generate_text(
     """Complete text prompts; returns the generated text of each, cut at EOS."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings; wrap a single prompt in a list")
+    check_vocab(model.cfg.vocab_size, tokenizer)
     results = []
     for start in range(0, len(prompts), batch_size):
         chunk = [tokenizer.encode(p, bos=True) for p in prompts[start : start + batch_size]]

@@ -18,6 +18,9 @@ raising `NotImplementedError`, a syntax error, a missing `return`, and (with `ex
 code that breaks under `jax.jit` or `jax.grad`. Setting `MINIDS_EXERCISES=solutions` makes it return
 minids' own implementations instead, which is how the project's tests prove each grader passes on a
 correct answer.
+
+`check("00", apply_rope=my_rope)` runs a grader's checks on functions written in a notebook cell and
+prints what passed, with the points and the first line of each failure.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import NoReturn
 
-import jax
 import numpy as np
 
 SOLUTIONS_ENV = "MINIDS_EXERCISES"
+EXERCISES_DIR = Path(__file__).resolve().parents[1] / "exercises"
+# Functions `check` hands to a grader in place of the student's file: {name: function}.
+_OVERRIDES: dict[str, Callable] = {}
 
 
 def fail(message: str) -> NoReturn:
@@ -64,6 +69,13 @@ def load_exercise(exercise_file: str | Path, solutions: Mapping[str, str]) -> ty
     so that a syntax error or a missing function fails each test with a message instead of stopping
     pytest before it collects anything; a `NotImplementedError` becomes "... is not implemented yet".
     """
+    if _OVERRIDES:  # `check` from a notebook: the cell's functions, minids' for the others
+        return types.SimpleNamespace(
+            **{
+                name: _OVERRIDES.get(name) or getattr(importlib.import_module(module), name)
+                for name, module in solutions.items()
+            }
+        )
     if grading_solutions():
         return types.SimpleNamespace(
             **{
@@ -121,6 +133,8 @@ def explain_tracer_errors(name: str, transform: str) -> Iterator[None]:
     `np.asarray(x)`, `int(x)` or `if x > 0:` on an input fails. The message names the line.
     """
     __tracebackhide__ = True
+    import jax  # here, so that importing the checks (a class run's every grader) stays light
+
     try:
         yield
     except jax.errors.JAXTypeError as error:
@@ -242,3 +256,166 @@ def junit_counts(path: str | Path) -> dict[str, int]:
     outcomes = [outcome for outcome, _ in junit_results(path).values()]
     counts = {key: outcomes.count(key) for key in ("passed", "failed", "error", "skipped")}
     return {"tests": len(outcomes), **counts}
+
+
+def check(exercise: str, *, graders: str | Path | None = None, **functions: Callable) -> dict:
+    """Grade functions written in a notebook: `check("00", apply_rope=my_rope)`.
+
+    Runs every check of `exercises/test_<exercise>_*.py` that calls one of `functions` (the other
+    functions of the exercise are minids' own, so that their checks say nothing about yours),
+    prints one line per check and a total, and returns {check name: (points earned, points,
+    message)}. `exercise` is the number ("00") or the full name ("00_attention").
+    """
+    folder = Path(graders) if graders is not None else EXERCISES_DIR
+    found = sorted(folder.glob(f"test_{exercise}*.py"))
+    if len(found) != 1:
+        known = sorted(p.stem.removeprefix("test_") for p in folder.glob("test_*.py"))
+        raise ValueError(f"exercise must name one of {known}, got {exercise!r}")
+    if not functions:
+        raise ValueError("functions: pass at least one, e.g. check('00', apply_rope=my_rope)")
+    calls = dict.fromkeys(functions, 0)
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    _OVERRIDES.clear()
+    _OVERRIDES.update({name: counted(name, f) for name, f in functions.items()})
+    try:
+        spec = importlib.util.spec_from_file_location(f"check_{found[0].stem}", found[0])
+        grader = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(grader)
+    finally:
+        _OVERRIDES.clear()
+    unknown = [name for name in functions if not hasattr(grader, name)]
+    if unknown:
+        raise ValueError(f"{found[0].name} grades no function named {unknown}")
+    results = {}
+    for name in dir(grader):
+        test = getattr(grader, name)
+        if not name.startswith("test_") or not callable(test):
+            continue
+        marks = [m for m in getattr(test, "pytestmark", []) if m.name == "points"]
+        points = float(marks[0].args[0]) if marks else 1.0
+        before = sum(calls.values())
+        message = ""
+        try:
+            test()
+        except (Exception, AssertionError) as error:
+            message = str(error).strip() or type(error).__name__
+        except BaseException as error:  # pytest.fail's exception is a BaseException
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                raise
+            message = str(error).strip() or type(error).__name__
+        if sum(calls.values()) == before:
+            continue  # a check of another function of the exercise
+        results[name] = (0.0 if message else points, points, message)
+    for name, (earned, points, message) in results.items():
+        mark = "ok  " if not message else "FAIL"
+        print(
+            f"{mark} {name} ({earned:g}/{points:g})"
+            + (f"\n     {message.splitlines()[0]}" if message else "")
+        )
+    earned = sum(r[0] for r in results.values())
+    total = sum(r[1] for r in results.values())
+    passed = sum(not r[2] for r in results.values())
+    print(
+        f"{', '.join(functions)}: {passed} of {len(results)} checks passed, {earned:g} / {total:g} points"
+    )
+    return results
+
+
+# ------------------------------------------------------------------------- experiment exercises
+
+
+def _unfilled(value) -> bool:
+    """None, an empty text, or a dict with such a value: what a stub's answers hold."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    return isinstance(value, dict) and (not value or any(_unfilled(v) for v in value.values()))
+
+
+def load_answers(experiment_file: str | Path, key: str) -> Callable[[str], object]:
+    """The answers of an experiment exercise (`exercises/experiment_NN_*.py`), by name.
+
+    `answers("MEASURED")` is the student's `MEASURED`, or with MINIDS_EXERCISES=solutions the
+    reference run's (`minids.experiments.REFERENCE[key]`). The file is imported on the first call;
+    a name still holding the stub's None or "" fails with "... is not filled in yet".
+    """
+    path = Path(experiment_file)
+
+    def answers(name: str):
+        __tracebackhide__ = True
+        if grading_solutions():
+            return importlib.import_module("minids.experiments").REFERENCE[key][name]
+        try:
+            module = _import_file(path)
+        except Exception as error:  # a student's file can fail to import in any way
+            fail(f"could not import {path.name}: {type(error).__name__}: {error}")
+        value = getattr(module, name, None)
+        if _unfilled(value):
+            how = {
+                "PREDICTION": "write your prediction before you run anything",
+                "MEASURED": f"run `python {path.name}` and paste the MEASURED dict it prints",
+                "CONCLUSION": "read it off your measurements",
+                "EXPLANATION": "a few sentences, in your own words",
+            }.get(name, "see the docstring")
+            fail(f"{name} is not filled in yet in {path.name}: {how}.")
+        return value
+
+    return answers
+
+
+def check_measurements(
+    name: str, measured, metrics: Mapping[str, Mapping[str, tuple[float, float]]], seeds: int = 3
+) -> dict[str, dict[str, np.ndarray]]:
+    """Fail unless `measured` = {setting: {metric: [one number per seed]}} covers every setting and
+    metric of `metrics` ({setting: {metric: (low, high)}}) with `seeds` finite numbers each; return
+    them as arrays."""
+    __tracebackhide__ = True
+    if not isinstance(measured, Mapping):
+        fail(
+            f"{name} should be a dict {{setting: {{metric: [values]}}}}, got {type(measured).__name__}"
+        )
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    for setting, wanted in metrics.items():
+        got = measured.get(setting)
+        if not isinstance(got, Mapping):
+            fail(f"{name} has no results for the setting {setting!r}; it has {sorted(measured)}")
+        for metric in wanted:
+            try:
+                values = np.asarray(got.get(metric), dtype=np.float64)
+            except (TypeError, ValueError):
+                values = np.asarray([])
+            if values.shape != (seeds,) or not np.isfinite(values).all():
+                fail(
+                    f"{name}[{setting!r}][{metric!r}] should be {seeds} finite numbers, one per "
+                    f"seed, got {got.get(metric)!r}"
+                )
+            arrays.setdefault(setting, {})[metric] = values
+    return arrays
+
+
+def check_measured_ranges(
+    name: str,
+    measured,
+    metrics: Mapping[str, Mapping[str, tuple[float, float]]],
+    seeds: int = 3,
+    hint: str = "",
+) -> None:
+    """Fail unless the mean over seeds of every setting's metric lies in its (low, high) range: the
+    spread a correct experiment shows, from the reference run (exercises/rubrics/)."""
+    __tracebackhide__ = True
+    arrays = check_measurements(name, measured, metrics, seeds)
+    for setting, wanted in metrics.items():
+        for metric, (low, high) in wanted.items():
+            mean = float(arrays[setting][metric].mean())
+            if not low <= mean <= high:
+                fail(
+                    f"{name}: the mean {metric} at {setting} is {mean:.4g}, outside the range a "
+                    f"correct experiment gives, [{low:.4g}, {high:.4g}]."
+                    + (f"\nHint: {hint}" if hint else "")
+                )

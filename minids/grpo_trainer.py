@@ -46,8 +46,17 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from minids.checkpoint import (
+    KEEP,
+    Interrupted,
+    SaveSchedule,
+    holds_checkpoint,
+    restore_into,
+    save_checkpoint,
+    stop_requests,
+)
 from minids.config import check_bool, check_choice, check_int, check_number
-from minids.data import CharTokenizer
+from minids.data import CharTokenizer, check_vocab
 from minids.generate import generate, left_pad
 from minids.grpo import (
     LOSS_TYPES,
@@ -59,7 +68,7 @@ from minids.grpo import (
 )
 from minids.model import Transformer
 from minids.rewards import REWARDS, TEMPLATES, RewardFn, format_reward
-from minids.train import progress_bar, save_checkpoint
+from minids.train import progress_bar
 
 
 @no_type_check  # validated in __post_init__ (minids.config's check_* functions)
@@ -132,7 +141,17 @@ class GRPOConfig:
     )
     eval_k: int = field(default=8, metadata={"help": "k of pass@k (0: greedy only)"})
     ckpt_every: int = field(
-        default=0, metadata={"help": "checkpoint every N steps (0: at the end)"}
+        default=20,
+        metadata={"help": "with a checkpoint folder: save every N steps (0: not by count)"},
+    )
+    ckpt_minutes: float = field(
+        default=5.0,
+        metadata={
+            "help": "with a checkpoint folder: also save when N minutes have passed (0: not by time)"
+        },
+    )
+    ckpt_keep: int = field(
+        default=KEEP, metadata={"help": "checkpoints kept: the latest and those just before it"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the prompt choice and the sampling"})
 
@@ -150,6 +169,8 @@ class GRPOConfig:
         check_number("temperature", self.temperature, 0.0, low_open=True)
         check_number("grad_clip", self.grad_clip, 0.0, low_open=True)
         check_number("weight_decay", self.weight_decay, 0.0, 1.0, high_open=True)
+        check_number("ckpt_minutes", self.ckpt_minutes, 0.0)
+        check_int("ckpt_keep", self.ckpt_keep, 1)
         check_choice("loss_type", self.loss_type, LOSS_TYPES)
         check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         check_choice("ratio_level", self.ratio_level, RATIO_LEVELS)
@@ -234,6 +255,7 @@ def sample_groups(
 ) -> Rollouts:
     """G completions per example, sampled with the KV-cache generator, then graded."""
     tokenizer = tokenizer or CharTokenizer()
+    check_vocab(model.cfg.vocab_size, tokenizer)
     reward_fns, weights = _reward_setup(cfg, reward_fns)
     rows = [dict(ex) for ex in examples for _ in range(cfg.group_size)]
     prompts = [tokenizer.encode(ex["prompt"], bos=True) for ex in rows]
@@ -352,6 +374,7 @@ def evaluate_policy(
     """Greedy accuracy and format rate on held-out examples, and pass@k (any of k samples right)."""
     check_choice("template", template, TEMPLATES)
     tokenizer = tokenizer or CharTokenizer()
+    check_vocab(model.cfg.vocab_size, tokenizer)
     acc_fn = REWARDS["accuracy" if template == "r1" else "plain_accuracy"]
     prompts = [tokenizer.encode(ex["prompt"], bos=True) for ex in examples]
     greedy = [
@@ -405,6 +428,10 @@ class GRPOHistory:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GRPOHistory:
+        return cls(**d)
+
 
 def train_grpo(
     model: Transformer,
@@ -414,6 +441,7 @@ def train_grpo(
     eval_examples: Sequence[Mapping[str, str]] | None = None,
     reward_fns: Mapping[str, RewardFn] | None = None,
     ckpt_dir: Path | str | None = None,
+    resume: bool = False,
     progress: bool = True,
     callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> GRPOHistory:
@@ -421,6 +449,10 @@ def train_grpo(
 
     `reward_fns` (name -> function) replaces the rewards named in `cfg` (weights then 1 each). With
     `eval_examples`, evaluates before step 0, every `cfg.eval_every` steps and at the end.
+    `ckpt_dir`: save there as `minids.train.fit` does (every `cfg.ckpt_every` steps or
+    `cfg.ckpt_minutes` minutes, the last `cfg.ckpt_keep` kept, and on SIGINT/SIGTERM, which then
+    raise `Interrupted`); a checkpoint holds the policy, its optimizer and the reference model, so
+    `resume=True` continues a run exactly: each step's prompts and samples depend on (seed, step).
     """
     if not isinstance(cfg, GRPOConfig):
         raise TypeError(f"cfg must be a GRPOConfig, got {type(cfg).__name__}")
@@ -433,7 +465,15 @@ def train_grpo(
     acc_name = "accuracy" if cfg.template == "r1" else "plain_accuracy"
     optimizer = make_grpo_optimizer(model, cfg)
     ref_model = nnx.clone(model) if cfg.beta > 0 else None
-    history = GRPOHistory()
+    extras = {"ref": ref_model} if ref_model is not None else None
+    history, start = GRPOHistory(), 0
+    if resume:
+        if ckpt_dir is None or not holds_checkpoint(ckpt_dir):
+            raise ValueError(
+                f"resume=True needs a ckpt_dir that holds a checkpoint, got {ckpt_dir!r}"
+            )
+        meta = restore_into(ckpt_dir, model, optimizer, extras=extras)
+        start, history = meta["step"], GRPOHistory.from_dict(meta["history"])
     key = jax.random.key(cfg.seed)
     temperature = jnp.float32(cfg.temperature)
 
@@ -456,72 +496,108 @@ def train_grpo(
             history.eval.append(m)
             eval_seconds += time.perf_counter() - t
 
-    run_eval(0)
+    def save(step):
+        save_checkpoint(
+            ckpt_dir,
+            model,
+            optimizer,
+            step=step,
+            history=history,
+            train_cfg=cfg,
+            keep=cfg.ckpt_keep,
+            extras=extras,
+        )
+        schedule.saved()
+
+    if start == 0:
+        run_eval(0)
+    schedule = SaveSchedule(cfg.ckpt_every, cfg.ckpt_minutes)
     eval_seconds, t_start = 0.0, time.perf_counter()
     loss_fields = LossFields.of(cfg)  # what the compiled step depends on: not the seed or steps
-    for step in progress_bar(range(cfg.steps), disable=not progress):
-        idx = np.random.default_rng([cfg.seed, step]).choice(
-            len(train_examples), cfg.prompts_per_step, replace=False
-        )
-        t0 = time.perf_counter()
-        roll = sample_groups(
-            model, [train_examples[i] for i in idx], cfg, jax.random.fold_in(key, step), reward_fns
-        )
-        grouped = jnp.asarray(roll.rewards.reshape(-1, cfg.group_size))
-        advantages = group_advantages(grouped, cfg.scale_rewards, cfg.adv_eps).reshape(-1)
-        equal = np.ptp(roll.rewards.reshape(-1, cfg.group_size), axis=1) == 0
-        mask = roll.mask
-        if cfg.drop_equal_groups:  # DAPO's filter: those groups leave the loss altogether
-            mask = mask & ~np.repeat(equal, cfg.group_size)[:, None]
-        batch = {
-            "prompt_tokens": jnp.asarray(roll.prompt_tokens),
-            "prompt_mask": jnp.asarray(roll.prompt_mask),
-            "tokens": jnp.asarray(roll.tokens),
-            "mask": jnp.asarray(mask),
-            "advantages": advantages,
-            "temperature": temperature,
-        }
-        jax.block_until_ready(advantages)
-        t1 = time.perf_counter()  # sampling and grading above; scoring and updating below
-        seqs = (batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], temperature)
-        if ref_model is not None:
-            batch["ref_logp"] = score_completions(ref_model, *seqs)
-        if cfg.mu > 1:
-            batch["old_logp"] = score_completions(model, *seqs)
-        for _ in range(cfg.mu):
-            metrics = grpo_step(model, optimizer, batch, loss_fields)
-        metrics = {k: float(v) for k, v in metrics.items()}
-        t2 = time.perf_counter()
-        history.gen_seconds += t1 - t0
-        history.update_seconds += t2 - t1
-        if not math.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"non-finite GRPO loss at step {step}: {metrics}")
-        refresh = cfg.ref_refresh_every and (step + 1) % cfg.ref_refresh_every == 0
-        if ref_model is not None and refresh:
-            nnx.update(ref_model, nnx.state(model))
-        pairs = list(zip(roll.examples, roll.texts, strict=True))
-        row = {
-            "reward": float(roll.rewards.mean()),
-            "accuracy": float(np.mean([REWARDS[acc_name](ex, t) for ex, t in pairs])),
-            "format_rate": float(np.mean([format_reward(ex, t) for ex, t in pairs])),
-            "kl": metrics["kl"],
-            "clip_frac": metrics["clip_frac"],
-            "completion_len": float(roll.mask.sum(axis=1).mean()),
-            "zero_adv_frac": float(equal.mean()),
-            "loss": metrics["loss"],
-        }
-        history.step.append(step)
-        for name, value in row.items():
-            getattr(history, name).append(value)
-        if callback is not None:
-            callback(step, row)
-        done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-            run_eval(done)
-        if ckpt_dir is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0:
-            save_checkpoint(ckpt_dir, model, step=done, history=history, train_cfg=cfg)
-    history.seconds = time.perf_counter() - t_start - eval_seconds
-    run_eval(cfg.steps)
-    if ckpt_dir is not None:
-        save_checkpoint(ckpt_dir, model, step=cfg.steps, history=history, train_cfg=cfg)
+    bar = progress_bar(
+        range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress
+    )
+    with stop_requests(enabled=ckpt_dir is not None) as stop:
+        for step in bar:
+            row = _grpo_iteration(
+                model, optimizer, ref_model, train_examples, cfg, key, step, reward_fns,
+                loss_fields, temperature, acc_name, history,
+            )  # fmt: skip
+            history.step.append(step)
+            for name, value in row.items():
+                getattr(history, name).append(value)
+            if callback is not None:
+                callback(step, row)
+            done = step + 1
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                run_eval(done)
+            if stop.signal_name:  # SIGINT/SIGTERM: this step is done; save it and stop
+                bar.close()
+                history.seconds += time.perf_counter() - t_start - eval_seconds
+                save(done)
+                raise Interrupted(stop.signal_name, done, Path(ckpt_dir), history)
+            if ckpt_dir is not None and done < cfg.steps and schedule.due(done):
+                save(done)
+    history.seconds += time.perf_counter() - t_start - eval_seconds
+    if start < cfg.steps:
+        run_eval(cfg.steps)
+        if ckpt_dir is not None:
+            save(cfg.steps)
     return history
+
+
+def _grpo_iteration(
+    model, optimizer, ref_model, train_examples, cfg, key, step, reward_fns, loss_fields,
+    temperature, acc_name, history,
+) -> dict[str, float]:  # fmt: skip
+    """One GRPO step: sample groups, grade, advantages, mu updates; returns the step's metrics."""
+    idx = np.random.default_rng([cfg.seed, step]).choice(
+        len(train_examples), cfg.prompts_per_step, replace=False
+    )
+    t0 = time.perf_counter()
+    roll = sample_groups(
+        model, [train_examples[i] for i in idx], cfg, jax.random.fold_in(key, step), reward_fns
+    )
+    grouped = jnp.asarray(roll.rewards.reshape(-1, cfg.group_size))
+    advantages = group_advantages(grouped, cfg.scale_rewards, cfg.adv_eps).reshape(-1)
+    equal = np.ptp(roll.rewards.reshape(-1, cfg.group_size), axis=1) == 0
+    mask = roll.mask
+    if cfg.drop_equal_groups:  # DAPO's filter: those groups leave the loss altogether
+        mask = mask & ~np.repeat(equal, cfg.group_size)[:, None]
+    batch = {
+        "prompt_tokens": jnp.asarray(roll.prompt_tokens),
+        "prompt_mask": jnp.asarray(roll.prompt_mask),
+        "tokens": jnp.asarray(roll.tokens),
+        "mask": jnp.asarray(mask),
+        "advantages": advantages,
+        "temperature": temperature,
+    }
+    jax.block_until_ready(advantages)
+    t1 = time.perf_counter()  # sampling and grading above; scoring and updating below
+    seqs = (batch["prompt_tokens"], batch["prompt_mask"], batch["tokens"], temperature)
+    if ref_model is not None:
+        batch["ref_logp"] = score_completions(ref_model, *seqs)
+    if cfg.mu > 1:
+        batch["old_logp"] = score_completions(model, *seqs)
+    for _ in range(cfg.mu):
+        metrics = grpo_step(model, optimizer, batch, loss_fields)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    t2 = time.perf_counter()
+    history.gen_seconds += t1 - t0
+    history.update_seconds += t2 - t1
+    if not math.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"non-finite GRPO loss at step {step}: {metrics}")
+    refresh = cfg.ref_refresh_every and (step + 1) % cfg.ref_refresh_every == 0
+    if ref_model is not None and refresh:
+        nnx.update(ref_model, nnx.state(model))
+    pairs = list(zip(roll.examples, roll.texts, strict=True))
+    return {
+        "reward": float(roll.rewards.mean()),
+        "accuracy": float(np.mean([REWARDS[acc_name](ex, t) for ex, t in pairs])),
+        "format_rate": float(np.mean([format_reward(ex, t) for ex, t in pairs])),
+        "kl": metrics["kl"],
+        "clip_frac": metrics["clip_frac"],
+        "completion_len": float(roll.mask.sum(axis=1).mean()),
+        "zero_adv_frac": float(equal.mean()),
+        "loss": metrics["loss"],
+    }

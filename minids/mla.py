@@ -132,6 +132,29 @@ def absorbed_scores(
     return (nope + rope) * scale
 
 
+def absorbed_attention(
+    q_nope: Float[Array, "B T N Hn"],
+    q_rope: Float[Array, "B T N R"],
+    c_kv: Float[Array, "B S C"],
+    k_rope: Float[Array, "B S R"],
+    w_uk: Float[Array, "C N Hn"],
+    w_uv: Float[Array, "C N Hv"],
+    mask: Bool[Array, "#B T S"],
+    scale: float,
+) -> Float[Array, "B T N Hv"]:
+    """Absorbed attention to the end (exercise 02): W_UK into the query, W_UV after the weighted sum.
+
+    sum_s p_s (W_UV c_s) = W_UV (sum_s p_s c_s): average the cached latents with the attention
+    weights first, then lift the one average to each head's value (N·C·Hv work per query instead
+    of S·C·N·Hv). `mask` is True where query t may read key slot s.
+    """
+    scores = absorbed_scores(q_nope, q_rope, c_kv, k_rope, w_uk, scale)  # (B, N, T, S)
+    scores = jnp.where(mask[:, None, :, :], scores, MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(c_kv.dtype)
+    latent_out = jnp.einsum("BNTS,BSC->BTNC", probs, c_kv)  # a weighted sum of latents per head
+    return jnp.einsum("BTNC,CNH->BTNH", latent_out, w_uv)
+
+
 # ------------------------------------------------------------------------------------- the module
 
 
@@ -236,11 +259,7 @@ class MLA(nnx.Module):
     def _absorbed(self, q_nope, q_rope, c_kv, k_rope, mask) -> Float[Array, "B T N Hv"]:
         """Attend in latent space: scores against c_kv, weighted sum of c_kv, then W_UV."""
         w_uk, w_uv = self.up_projections()
-        scores = absorbed_scores(q_nope, q_rope, c_kv, k_rope, w_uk, self.scale)  # (B, N, T, S)
-        scores = jnp.where(mask[:, None, :, :], scores, MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(c_kv.dtype)
-        latent_out = jnp.einsum("BNTS,BSC->BTNC", probs, c_kv)
-        return jnp.einsum("BTNC,CNH->BTNH", latent_out, w_uv)
+        return absorbed_attention(q_nope, q_rope, c_kv, k_rope, w_uk, w_uv, mask, self.scale)
 
 
 # ----------------------------------------------------------------------------- cache accounting

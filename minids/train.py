@@ -9,9 +9,10 @@ Resuming gives the same numbers as not stopping: a step's batch is a function of
 (`data.batch_indices`), and a checkpoint holds the parameters, the optimizer's moments and step count
 (the learning-rate schedule reads it) and the metrics so far.
 
-Checkpoints are written atomically: everything goes to a temporary folder beside the target, which
-is renamed into place only when complete, so an interrupted save never leaves a half-written
-checkpoint where a good one was. Arrays are stored by orbax; config and metadata as JSON (no pickle).
+Checkpoints (`minids.checkpoint`): given a checkpoint folder, `fit` saves every `ckpt_every` steps
+or `ckpt_minutes` minutes, keeps the last `ckpt_keep`, each written atomically, and on SIGINT/SIGTERM
+finishes the step, saves and raises `Interrupted`. Arrays are stored by orbax; config and metadata
+as JSON (no pickle).
 
 The NaN guard checks every step's loss and gradient norm and stops with `FloatingPointError` naming
 the step, rather than training on silently.
@@ -21,10 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,8 +35,20 @@ import numpy as np
 import optax
 from flax import nnx
 
-from minids.config import ModelConfig, check_int, check_number
-from minids.data import CharTokenizer, batch_indices, encode_examples
+from minids.checkpoint import (  # noqa: F401  (re-exported: minids.train was their first home)
+    KEEP,
+    CheckpointError,
+    Interrupted,
+    SaveSchedule,
+    holds_checkpoint,
+    load_checkpoint,
+    read_meta,
+    restore_into,
+    save_checkpoint,
+    stop_requests,
+)
+from minids.config import check_int, check_number
+from minids.data import CharTokenizer, batch_indices, check_vocab, encode_examples
 from minids.model import Transformer
 
 
@@ -66,7 +76,17 @@ class TrainConfig:
     )
     eval_examples: int = field(default=512, metadata={"help": "validation examples per evaluation"})
     ckpt_every: int = field(
-        default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"}
+        default=500,
+        metadata={"help": "with a checkpoint folder: save every N steps (0: not by count)"},
+    )
+    ckpt_minutes: float = field(
+        default=5.0,
+        metadata={
+            "help": "with a checkpoint folder: also save when N minutes have passed (0: not by time)"
+        },
+    )
+    ckpt_keep: int = field(
+        default=KEEP, metadata={"help": "checkpoints kept: the latest and those just before it"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the batch order"})
 
@@ -80,6 +100,8 @@ class TrainConfig:
         for name in ("weight_decay", "b1", "b2"):
             check_number(name, getattr(self, name), 0.0, 1.0, high_open=True)
         check_number("grad_clip", self.grad_clip, 0.0, low_open=True)
+        check_number("ckpt_minutes", self.ckpt_minutes, 0.0)
+        check_int("ckpt_keep", self.ckpt_keep, 1)
 
 
 @dataclass
@@ -218,97 +240,6 @@ def evaluate(
     return {"loss": total_loss / max(total, 1), "token_acc": total_correct / max(total, 1)}
 
 
-# ----------------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(
-    path: Path | str,
-    model: Transformer,
-    optimizer: nnx.Optimizer | None = None,
-    *,
-    step: int = 0,
-    history: Any = None,  # a History, or any dataclass of metric lists (GRPOHistory)
-    train_cfg: Any = None,  # the run's config dataclass: a TrainConfig, or a GRPOConfig
-) -> Path:
-    """Write a checkpoint folder atomically (temporary folder, then rename). Returns its path."""
-    import orbax.checkpoint as ocp
-
-    path = Path(path).resolve()
-    is_checkpoint = (path / "config.json").exists() and (path / "meta.json").exists()
-    if path.exists() and not (path.is_dir() and (is_checkpoint or not any(path.iterdir()))):
-        # Saving replaces the folder: never let that delete something that is not a checkpoint.
-        raise ValueError(
-            f"{str(path)!r} exists and is not a minids checkpoint; refusing to replace it"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    state = {"model": nnx.state(model)}
-    if optimizer is not None:
-        state["opt"] = nnx.state(optimizer)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp / "state", state)
-    checkpointer.wait_until_finished()
-    (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
-    meta = {
-        "step": step,
-        "train_config": dataclasses.asdict(train_cfg) if train_cfg else None,
-        "history": history.to_dict() if history else None,
-        "has_optimizer": optimizer is not None,
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        path.rename(old)  # keep the previous checkpoint until the new one is in place
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
-    return path
-
-
-def read_meta(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    if not (path / "config.json").exists() or not (path / "meta.json").exists():
-        raise ValueError(f"{str(path)!r} is not a minids checkpoint (no config.json / meta.json)")
-    return json.loads((path / "meta.json").read_text())
-
-
-def restore_into(
-    path: Path | str, model: Transformer, optimizer: nnx.Optimizer | None = None
-) -> dict[str, Any]:
-    """Load a checkpoint's arrays into an existing model (and optimizer); returns its metadata."""
-    import orbax.checkpoint as ocp
-
-    path = Path(path).resolve()
-    meta = read_meta(path)
-    saved_cfg = ModelConfig.from_dict(json.loads((path / "config.json").read_text()))
-    if saved_cfg != model.cfg:
-        raise ValueError(
-            f"checkpoint {str(path)!r} was saved from a different ModelConfig: {saved_cfg}"
-        )
-    if optimizer is not None and not meta["has_optimizer"]:
-        raise ValueError(f"checkpoint {str(path)!r} holds no optimizer state to resume from")
-    target = {"model": nnx.state(model)}
-    if meta["has_optimizer"]:
-        # The optimizer's state has the same structure whatever its hyper-parameters.
-        target["opt"] = nnx.state(optimizer or make_optimizer(model, TrainConfig()))
-    restored = ocp.StandardCheckpointer().restore(path / "state", target)
-    nnx.update(model, restored["model"])
-    if optimizer is not None:
-        nnx.update(optimizer, restored["opt"])
-    return meta
-
-
-def load_checkpoint(path: Path | str) -> tuple[Transformer, dict[str, Any]]:
-    """Rebuild the model saved at `path`; returns (model, metadata)."""
-    path = Path(path)
-    read_meta(path)
-    model = Transformer(ModelConfig.from_dict(json.loads((path / "config.json").read_text())))
-    return model, restore_into(path, model)
-
-
 # ------------------------------------------------------------------------------------------- fit
 
 
@@ -327,8 +258,12 @@ def fit(
 ) -> History:
     """Train `model` in place on (prompt, answer) examples and return the metrics history.
 
-    `ckpt_dir`: save there every `cfg.ckpt_every` steps and at the end; with `resume=True`, continue
-    from the checkpoint there (the model's parameters are replaced by the saved ones).
+    `ckpt_dir`: a checkpoint folder (`minids.checkpoint`). Training saves there every
+    `cfg.ckpt_every` steps or `cfg.ckpt_minutes` minutes, whichever comes first, keeps the last
+    `cfg.ckpt_keep`, and saves at the end; SIGINT/SIGTERM then finish the step, save and raise
+    `Interrupted`. Without `ckpt_dir` (a notebook training in memory) nothing is saved and Ctrl-C
+    interrupts as usual. With `resume=True`, continue from the latest checkpoint there (the
+    model's parameters are replaced by the saved ones).
     `stop_after`: stop after that many steps of this call (to simulate an interruption).
     `step_fn(model, optimizer, batch) -> metrics` replaces `train_step` (logit distillation uses
     it); it must return at least "loss" and "grad_norm".
@@ -336,10 +271,13 @@ def fit(
     step_fn = train_step if step_fn is None else step_fn
     tokenizer = tokenizer or CharTokenizer()
     seq_len = model.cfg.max_seq_len
-    if tokenizer.vocab_size > model.cfg.vocab_size:
+    check_vocab(model.cfg.vocab_size, tokenizer)
+    if not train_examples:
+        raise ValueError("train_examples is empty: nothing to train on")
+    if cfg.batch_size > len(train_examples):
         raise ValueError(
-            f"model vocab_size ({model.cfg.vocab_size}) is smaller than the tokenizer's "
-            f"({tokenizer.vocab_size})"
+            f"the training set ({len(train_examples)} examples) is smaller than one batch "
+            f"(batch_size {cfg.batch_size}); lower batch_size or add data"
         )
     train = encode_examples(train_examples, tokenizer, seq_len)
     use_val = bool(val_examples) and cfg.eval_examples > 0  # eval_examples=0: no evaluation at all
@@ -351,8 +289,10 @@ def fit(
     optimizer = make_optimizer(model, cfg)
     history, start = History(), 0
     if resume:
-        if ckpt_dir is None or not Path(ckpt_dir).exists():
-            raise ValueError(f"resume=True needs an existing ckpt_dir, got {ckpt_dir!r}")
+        if ckpt_dir is None or not holds_checkpoint(ckpt_dir):
+            raise ValueError(
+                f"resume=True needs a ckpt_dir that holds a checkpoint, got {ckpt_dir!r}"
+            )
         meta = restore_into(ckpt_dir, model, optimizer)
         start, history = meta["step"], History.from_dict(meta["history"])
 
@@ -363,41 +303,61 @@ def fit(
             history.val_loss.append(m["loss"])
             history.val_token_acc.append(m["token_acc"])
 
-    schedule = lr_schedule(cfg)
+    def save(step):
+        save_checkpoint(
+            ckpt_dir,
+            model,
+            optimizer,
+            step=step,
+            history=history,
+            train_cfg=cfg,
+            keep=cfg.ckpt_keep,
+        )
+        schedule.saved()
+
+    schedule = SaveSchedule(cfg.ckpt_every, cfg.ckpt_minutes)
+    lr_at = lr_schedule(cfg)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = progress_bar(range(start, end), initial=start, total=cfg.steps, disable=not progress)
     t0 = time.perf_counter()
-    for step in bar:
-        idx = batch_indices(len(train["inputs"]), cfg.batch_size, step, cfg.seed)
-        metrics = step_fn(model, optimizer, {k: jnp.asarray(v[idx]) for k, v in train.items()})
-        loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise FloatingPointError(
-                f"non-finite training metrics at step {step}: loss={loss}, grad_norm={grad_norm}. "
-                "Try a lower lr, a smaller warmup-free start, or float32 compute"
-            )
-        history.step.append(step)
-        history.loss.append(loss)
-        history.grad_norm.append(grad_norm)
-        history.lr.append(float(schedule(step)))
-        for name in ("max_vio", "aux_loss", "dropped_frac"):
-            if name in metrics:
-                getattr(history, name).append(float(metrics[name]))
-        done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-            run_eval(done)
-        if done % 10 == 0 or done == end:
-            postfix = {"loss": f"{loss:.3f}"}
-            if history.val_loss:
-                postfix["val"] = f"{history.val_loss[-1]:.3f}"
-            bar.set_postfix(postfix)
-        if ckpt_dir is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0:
-            save_checkpoint(ckpt_dir, model, optimizer, step=done, history=history, train_cfg=cfg)
+    with stop_requests(enabled=ckpt_dir is not None) as stop:
+        for step in bar:
+            idx = batch_indices(len(train["inputs"]), cfg.batch_size, step, cfg.seed)
+            metrics = step_fn(model, optimizer, {k: jnp.asarray(v[idx]) for k, v in train.items()})
+            loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise FloatingPointError(
+                    f"non-finite training metrics at step {step}: loss={loss}, "
+                    f"grad_norm={grad_norm}. Try a lower lr, a smaller warmup-free start, or "
+                    "float32 compute"
+                )
+            history.step.append(step)
+            history.loss.append(loss)
+            history.grad_norm.append(grad_norm)
+            history.lr.append(float(lr_at(step)))
+            for name in ("max_vio", "aux_loss", "dropped_frac"):
+                if name in metrics:
+                    getattr(history, name).append(float(metrics[name]))
+            done = step + 1
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                run_eval(done)
+            if done % 10 == 0 or done == end:
+                postfix = {"loss": f"{loss:.3f}"}
+                if history.val_loss:
+                    postfix["val"] = f"{history.val_loss[-1]:.3f}"
+                bar.set_postfix(postfix)
+            if stop.signal_name:  # SIGINT/SIGTERM: this step is done; save it and stop
+                bar.close()
+                history.seconds += time.perf_counter() - t0
+                save(done)
+                raise Interrupted(stop.signal_name, done, Path(ckpt_dir), history)
+            if ckpt_dir is not None and done < end and schedule.due(done):
+                save(done)
     history.seconds += time.perf_counter() - t0
     if end == cfg.steps and start < end:  # resuming a finished run must not evaluate it twice
         run_eval(cfg.steps)
-    if ckpt_dir is not None:
-        save_checkpoint(ckpt_dir, model, optimizer, step=end, history=history, train_cfg=cfg)
+    if ckpt_dir is not None and start < end:
+        save(end)
     return history
 
 

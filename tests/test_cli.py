@@ -7,6 +7,7 @@ import json
 import pytest
 
 from minids.__main__ import main
+from minids.checkpoint import holds_checkpoint
 
 
 def test_help_for_each_command(capsys):
@@ -37,7 +38,7 @@ def test_train_then_generate(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert (out / "checkpoint" / "config.json").exists()
+    assert holds_checkpoint(out / "checkpoint")
     assert (out / "loss.png").stat().st_size > 1000
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["accuracy"]) >= {"add", "sub", "sort", "rev", "count", "all"}

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from minids.__main__ import main
+from minids.checkpoint import holds_checkpoint
 
 
 def test_grpo_help_lists_the_knobs(capsys):
@@ -47,7 +48,7 @@ def test_grpo_trains_a_base_then_improves_it_from_the_command_line(tmp_path, cap
         ]
     )
     assert rc == 0
-    assert (base / "config.json").exists() and (out / "checkpoint" / "config.json").exists()
+    assert holds_checkpoint(base) and holds_checkpoint(out / "checkpoint")
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "format_rate", "pass@2"} <= set(metrics["after"])
     assert len(metrics["history"]["reward"]) == 2 and metrics["grpo_config"]["group_size"] == 2

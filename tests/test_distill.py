@@ -17,6 +17,7 @@ from minids.data import CharTokenizer, encode_examples, generate_splits
 from minids.distill import (
     check_compatible,
     distillation_loss,
+    distillation_objective,
     fit_logit_distillation,
     rejection_sample,
     task_check,
@@ -213,3 +214,19 @@ def test_bad_distillation_settings_raise(cfg, teacher, examples, field, value):
         fit_logit_distillation(
             Transformer(cfg), teacher, examples, cfg=TCFG, progress=False, **{field: value}
         )
+
+
+def test_distillation_objective_mixes_kd_and_cross_entropy_by_alpha():
+    rng = np.random.default_rng(0)
+    student, teacher = (jnp.asarray(rng.standard_normal((2, 3, 5)), jnp.float32) for _ in "st")
+    targets = jnp.asarray(rng.integers(0, 5, (2, 3)), jnp.int32)
+    mask = jnp.asarray([[1, 1, 0], [1, 0, 0]], jnp.float32)
+    log_p = jax.nn.log_softmax(student, axis=-1)
+    ce = -jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
+    ce = float(jnp.sum(ce * mask) / jnp.sum(mask))
+    kd = float(distillation_loss(student, teacher, 2.0, mask))
+    for alpha in (0.0, 0.3, 1.0):
+        got = float(distillation_objective(student, teacher, targets, mask, alpha, 2.0))
+        assert math.isclose(got, alpha * kd + (1 - alpha) * ce, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="alpha"):
+        distillation_objective(student, teacher, targets, mask, 1.5)

@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,28 +22,70 @@ ROOT = Path(__file__).resolve().parents[1]
 # exercise -> (the functions students write -> the minids module holding the answer, fewest checks)
 EXERCISES = {
     "00_attention": (
-        {"apply_rope": "minids.layers", "causal_self_attention": "minids.attention"},
-        15,
-    ),
-    "02_mla": ({"latent_kv": "minids.mla", "absorbed_scores": "minids.mla"}, 12),
-    "05_distillation": ({"distillation_loss": "minids.distill"}, 10),
-    "04_grpo": (
         {
-            "group_advantages": "minids.grpo",
-            "clipped_surrogate": "minids.grpo",
-            "k3_kl": "minids.grpo",
+            "apply_rope": "minids.layers",
+            "causal_self_attention": "minids.attention",
+            "attention_mask": "minids.attention",
+            "dot_product_attention": "minids.attention",
         },
-        14,
+        35,
     ),
     "01_moe_router": (
         {
             "sigmoid_topk_router": "minids.moe",
             "expert_load": "minids.moe",
             "aux_free_bias_update": "minids.moe",
+            "select_experts": "minids.moe",
+            "sequence_aux_loss": "minids.moe",
         },
-        12,
+        30,
     ),
-    "03_fp8": ({"quantize": "minids.fp8", "dequantize": "minids.fp8"}, 15),
+    "02_mla": (
+        {
+            "latent_kv": "minids.mla",
+            "absorbed_scores": "minids.mla",
+            "absorbed_attention": "minids.mla",
+        },
+        18,
+    ),
+    "03_fp8": (
+        {"quantize": "minids.fp8", "dequantize": "minids.fp8", "quantize_delayed": "minids.fp8"},
+        18,
+    ),
+    "04_grpo": (
+        {
+            "group_advantages": "minids.grpo",
+            "clipped_surrogate": "minids.grpo",
+            "k3_kl": "minids.grpo",
+            "completion_mask": "minids.grpo_trainer",
+            "aggregate": "minids.grpo",
+        },
+        25,
+    ),
+    "05_distillation": (
+        {"distillation_loss": "minids.distill", "distillation_objective": "minids.distill"},
+        15,
+    ),
+    "06_tiny_deepseek_v3": (
+        {
+            "attention_params": "minids.config",
+            "moe_param_counts": "minids.config",
+            "training_flops_per_token": "minids.cost",
+        },
+        14,
+    ),
+}
+
+
+# experiment exercises (predict, measure, explain): file -> the fewest checks of its grader
+EXPERIMENTS = {
+    "experiment_00_width": 5,
+    "experiment_01_moe_balance": 5,
+    "experiment_02_mla_latent": 5,
+    "experiment_03_fp8_tiles": 5,
+    "experiment_04_grpo_reward_hacking": 5,
+    "experiment_05_distillation_temperature": 5,
+    "experiment_06_routed_experts": 5,
 }
 
 
@@ -111,7 +154,28 @@ def test_grader_fails_every_check_on_stub(exercise, on_stubs):
 
 def test_every_grader_is_covered():
     graders = {p.stem.removeprefix("test_") for p in (ROOT / "exercises").glob("test_*.py")}
-    assert graders == set(EXERCISES), f"add to EXERCISES: {sorted(graders - set(EXERCISES))}"
+    known = set(EXERCISES) | set(EXPERIMENTS)
+    assert graders == known, f"add to EXERCISES or EXPERIMENTS: {sorted(graders - known)}"
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+def test_experiment_grader_passes_on_the_reference_answers(experiment, on_solutions):
+    all_results, output = on_solutions
+    results = of_exercise(all_results, experiment)
+    assert len(results) >= EXPERIMENTS[experiment], output
+    not_passed = {test: r for test, r in results.items() if r[0] != "passed"}
+    assert not not_passed, f"the reference answers should pass every check: {not_passed}\n{output}"
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+def test_experiment_grader_fails_every_check_on_stub(experiment, on_stubs):
+    all_results, output = on_stubs
+    results = of_exercise(all_results, experiment)
+    assert len(results) >= EXPERIMENTS[experiment], output
+    not_failed = {test: outcome for test, (outcome, _) in results.items() if outcome != "failed"}
+    assert not not_failed, f"on the stub every check should fail, but: {not_failed}\n{output}"
+    unclear = {test: msg for test, (_, msg) in results.items() if "not filled in yet" not in msg}
+    assert not unclear, f"failures that do not say 'not filled in yet': {unclear}\n{output}"
 
 
 def parameters(function) -> list[tuple[str, object]]:
@@ -130,3 +194,28 @@ def test_stub_functions_raise_not_implemented(exercise):
         required = [p for p, default in parameters(function) if default is inspect.Parameter.empty]
         with pytest.raises(NotImplementedError):
             function(*[None] * len(required))  # an untouched stub raises before reading anything
+
+
+def grader_points(exercise: str) -> float:
+    """What a grader's checks are worth: 1 each, or their `points` marker (read without running)."""
+    path = ROOT / "exercises" / f"test_{exercise}.py"
+    spec = importlib.util.spec_from_file_location(f"points_{exercise}", path)
+    grader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grader)  # the student's file is only imported when a check runs
+    total = 0.0
+    for name, test in vars(grader).items():
+        if name.startswith("test_") and callable(test):
+            marks = [m for m in getattr(test, "pytestmark", []) if m.name == "points"]
+            total += float(marks[0].args[0]) if marks else 1.0
+    return total
+
+
+@pytest.mark.parametrize("exercise", sorted(EXERCISES) + sorted(EXPERIMENTS))
+def test_stub_docstring_states_the_graders_points(exercise):
+    """The points a student reads in the stub are the points the grader gives."""
+    total = grader_points(exercise)
+    stated = re.search(r"Points: (\d+) in all \(([^)]*)\)", load_stub(exercise).__doc__)
+    assert stated, f"exercises/{exercise}.py: its docstring should say 'Points: N in all (...)'"
+    assert int(stated.group(1)) == total, f"the stub says {stated.group(1)} points, grader {total}"
+    parts = [int(n) for n in re.findall(r" (\d+)(?:,|$)", stated.group(2).replace("\n", " "))]
+    assert sum(parts) == total, f"the per-function points {parts} do not add up to {total}"

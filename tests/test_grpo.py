@@ -7,7 +7,6 @@ reads as the specification of its formula.
 
 from __future__ import annotations
 
-import json
 import math
 
 import jax
@@ -17,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from minids.checkpoint import read_meta
 from minids.data import CharTokenizer
 from minids.grpo import aggregate, clipped_surrogate, group_advantages, grpo_loss, k3_kl
 from minids.grpo_trainer import (
@@ -344,7 +344,7 @@ def test_trainer_logs_every_metric_and_raises_a_toy_reward(small_cfg, tmp_path):
     )
     assert np.mean(history.reward[-3:]) > np.mean(history.reward[:3]) + 0.3, history.reward
     assert max(history.kl) > 0.0 and history.gen_seconds > 0 and history.update_seconds > 0
-    meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
+    meta = read_meta(tmp_path / "ckpt")
     assert meta["step"] == 16 and meta["train_config"]["group_size"] == 8
 
 

@@ -24,6 +24,7 @@ from minids.kernels.attention import causal_attention
 from minids.mla import (
     MLA,
     MLAConfig,
+    absorbed_attention,
     absorbed_scores,
     kv_cache_bytes_per_token,
     kv_cache_elements_per_token,
@@ -203,6 +204,26 @@ def test_absorbed_scores_equal_the_naive_scores():
         0.2,
     )
     np.testing.assert_allclose(absorbed_scores(*args), naive_scores(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_absorbed_attention_equals_attention_over_rebuilt_keys_and_values():
+    B, T, S, N, Hn, R, C, Hv = 2, 3, 7, 4, 16, 8, 12, 10
+    q_nope, q_rope = _random((B, T, N, Hn), 0), _random((B, T, N, R), 1)
+    c_kv, k_rope = _random((B, S, C), 2), _random((B, S, R), 3)
+    w_uk, w_uv = _random((C, N, Hn), 4), _random((C, N, Hv), 5)
+    mask = attention_mask(T, S, S - T)
+    got = absorbed_attention(q_nope, q_rope, c_kv, k_rope, w_uk, w_uv, mask, 0.2)
+    k = jnp.concatenate(
+        [
+            jnp.einsum("BSC,CNH->BSNH", c_kv, w_uk),
+            jnp.broadcast_to(k_rope[:, :, None], (B, S, N, R)),
+        ],
+        axis=-1,
+    )
+    q = jnp.concatenate([q_nope, q_rope], axis=-1)
+    v = jnp.einsum("BSC,CNH->BSNH", c_kv, w_uv)
+    want = dot_product_attention(q, k, v, mask, 0.2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_latent_kv_is_what_the_module_caches(mcfg):

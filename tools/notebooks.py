@@ -66,7 +66,10 @@ def execute(path: Path, timeout: int) -> float:
             resources={"metadata": {"path": scratch}},
         )
         start = time.perf_counter()
-        client.execute()
+        try:
+            client.execute()
+        finally:  # also when a cell failed: where did the time go?
+            print_slowest_cells(nb)
         seconds = time.perf_counter() - start
     write(path, clean(json.loads(nbformat.writes(nb))))
     size = path.stat().st_size
@@ -75,6 +78,23 @@ def execute(path: Path, timeout: int) -> float:
             f"  warning: {path.name} is {size / 1e6:.1f} MB, over the 2 MB limit", file=sys.stderr
         )
     return seconds
+
+
+def print_slowest_cells(nb, count: int = 5) -> None:
+    """Print the cells that took longest, from nbclient's per-cell timestamps (before `clean`)."""
+    from datetime import datetime
+
+    took = []
+    for number, cell in enumerate(nb.cells):
+        stamps = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            start, end = (
+                datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                for k in ("iopub.execute_input", "shell.execute_reply")
+            )
+            took.append(((end - start).total_seconds(), number, cell.source.split("\n")[0]))
+    for seconds, number, first_line in sorted(took, reverse=True)[:count]:
+        print(f"  cell {number:3d} {seconds:7.1f} s  {first_line[:60]}")
 
 
 def main(argv: list[str] | None = None) -> None:

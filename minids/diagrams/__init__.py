@@ -1,8 +1,8 @@
 """Diagrams for the notebooks, drawn with matplotlib so that they can be changed and display anywhere.
 
 Each notebook's figures live in a module of their own (`minids.diagrams.transformer` for notebook 00,
-and so on); this file holds the few drawing pieces they share: a figure with no axes, a labelled box
-and an arrow, in data coordinates of a canvas `width` by `height`.
+and so on); this file holds the few drawing pieces they share: a figure with no axes, a labelled box, an arrow
+and a residual branch, in data coordinates of a canvas `width` by `height`.
 """
 
 from __future__ import annotations
@@ -82,3 +82,25 @@ def arrow(ax, start: tuple[float, float], end: tuple[float, float], text: str = 
     if text:
         mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
         ax.text(mx + 0.08, my, text, ha="left", va="center", fontsize=kw.pop("fontsize", 8), **kw)
+
+
+def residual_branch(
+    ax,
+    x_add: float,
+    x_from: float,
+    x_norm: float,
+    y_mid: float,
+    tap: float = 0.3,
+    y_stream: float = 0.6,
+):
+    """One pre-norm residual branch over a stream drawn at height `y_stream`: the stream is tapped
+    `tap` left of the norm box starting at `x_norm`, runs through the sublayer at height `y_mid`
+    (leaving it at `x_from`), and is added back at the "+" circle at `x_add`."""
+    from matplotlib.patches import Circle
+
+    ax.add_patch(Circle((x_add, y_stream), 0.2, facecolor="white", edgecolor="#444444"))
+    ax.text(x_add, y_stream, "+", ha="center", va="center", fontsize=12)
+    arrow(ax, (x_norm - tap, y_stream), (x_norm - tap, y_mid))
+    arrow(ax, (x_norm - tap, y_mid), (x_norm, y_mid))
+    arrow(ax, (x_from, y_mid), (x_add, y_mid))
+    arrow(ax, (x_add, y_mid), (x_add, y_stream + 0.2))

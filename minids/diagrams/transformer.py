@@ -6,9 +6,7 @@ the cache drawing shows what `minids.generate` keeps between decoding steps.
 
 from __future__ import annotations
 
-from matplotlib.patches import Circle
-
-from minids.diagrams import COLORS, arrow, box, canvas
+from minids.diagrams import COLORS, arrow, box, canvas, residual_branch
 
 
 def draw_block():
@@ -30,12 +28,7 @@ def draw_block():
         box(ax, x0, y, w, h, name, COLORS["norm"] if name == "RMSNorm" else color)
         ax.text(x0 + w / 2, y + h + 0.15, label, ha="center", fontsize=8, family="monospace")
     for x_add, x_from, x_norm in ((4.95, 4.8, 0.8), (9.75, 9.6, 5.6)):
-        ax.add_patch(Circle((x_add, 0.6), 0.2, facecolor="white", edgecolor="#444444"))
-        ax.text(x_add, 0.6, "+", ha="center", va="center", fontsize=12)
-        arrow(ax, (x_norm - 0.3, 0.6), (x_norm - 0.3, y + h / 2))
-        arrow(ax, (x_norm - 0.3, y + h / 2), (x_norm, y + h / 2))
-        arrow(ax, (x_from, y + h / 2), (x_add, y + h / 2))
-        arrow(ax, (x_add, y + h / 2), (x_add, 0.8))
+        residual_branch(ax, x_add, x_from, x_norm, y + h / 2, tap=0.3)
     arrow(ax, (2.2, y + h / 2), (2.6, y + h / 2))
     arrow(ax, (7.0, y + h / 2), (7.4, y + h / 2))
     ax.text(

@@ -8,9 +8,7 @@ except in the first dense layers; FP8 GEMMs in every linear layer (V3 §3.3); mu
 
 from __future__ import annotations
 
-from matplotlib.patches import Circle
-
-from minids.diagrams import COLORS, arrow, box, canvas
+from minids.diagrams import COLORS, arrow, box, canvas, residual_branch
 
 
 def draw_v3_block():
@@ -73,12 +71,7 @@ def draw_v3_block():
         style="italic",
     )
     for x_add, x_from, x_norm in ((5.0, 4.6, 0.7), (10.2, 9.8, 5.5)):
-        ax.add_patch(Circle((x_add, 0.6), 0.2, facecolor="white", edgecolor="#444444"))
-        ax.text(x_add, 0.6, "+", ha="center", va="center", fontsize=12)
-        arrow(ax, (x_norm - 0.25, 0.6), (x_norm - 0.25, y + h / 2))
-        arrow(ax, (x_norm - 0.25, y + h / 2), (x_norm, y + h / 2))
-        arrow(ax, (x_from, y + h / 2), (x_add, y + h / 2))
-        arrow(ax, (x_add, y + h / 2), (x_add, 0.8))
+        residual_branch(ax, x_add, x_from, x_norm, y + h / 2, tap=0.25)
     arrow(ax, (1.7, y + h / 2), (2.0, y + h / 2))
     arrow(ax, (6.5, y + h / 2), (6.8, y + h / 2))
     box(
