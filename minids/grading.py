@@ -359,7 +359,7 @@ def load_answers(experiment_file: str | Path, key: str) -> Callable[[str], objec
         if _unfilled(value):
             how = {
                 "PREDICTION": "write your prediction before you run anything",
-                "MEASURED": f"run `python {path.name}` and paste the MEASURED dict it prints",
+                "MEASURED": f"run the file (`python {path.name}`) and paste the MEASURED dict it prints",
                 "CONCLUSION": "read it off your measurements",
                 "EXPLANATION": "a few sentences, in your own words",
             }.get(name, "see the docstring")

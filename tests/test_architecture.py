@@ -52,6 +52,7 @@ LAYERS = {
     "minids.distill": 6,
     "minids.grpo_trainer": 6,
     "minids.hf": 6,
+    "minids.experiments": 6,
     "minids": 7,
     "minids.__main__": 8,
 }

@@ -1,0 +1,87 @@
+"""Grader for experiment 00 (validation loss against model width): `pytest exercises/test_experiment_00_width.py`.
+
+Checks what a machine can: your prediction and explanation are written, your measurements cover
+every setting and seed and lie in the range a correct experiment gives, and your conclusion follows
+from them. The ranges come from the reference run (exercises/rubrics/experiment_00_width.md). With
+`MINIDS_EXERCISES=solutions` the same checks grade the reference answers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minids.grading import check_measured_ranges, check_measurements, fail, load_answers
+
+answers = load_answers(Path(__file__).with_name("experiment_00_width.py"), "00")
+
+# The mean over seeds 0, 1, 2 of a correct experiment: D=16 val_loss 2.23 ± 0.095; D=32 val_loss 1.74 ± 0.04; D=64 val_loss 1.54 ± 0.031 (mean ± std).
+EXPECTED = {
+    "D=16": {"val_loss": (1.94, 2.51), "params": (10832, 10832)},
+    "D=32": {"val_loss": (1.6, 1.88), "params": (34976, 34976)},
+    "D=64": {"val_loss": (1.42, 1.67), "params": (123200, 123200)},
+}
+
+
+def noise(a, b) -> float:
+    """Two standard errors of the difference of two means over seeds (the notebooks' rule)."""
+    return 2.0 * float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
+
+
+def test_prediction_is_written():
+    prediction = answers("PREDICTION")
+    try:
+        float(prediction["val_loss_at_D16"])
+    except (TypeError, ValueError):
+        fail(
+            f"PREDICTION['val_loss_at_D16'] should be a number, got {prediction['val_loss_at_D16']!r}"
+        )
+    try:
+        float(prediction["val_loss_at_D64"])
+    except (TypeError, ValueError):
+        fail(
+            f"PREDICTION['val_loss_at_D64'] should be a number, got {prediction['val_loss_at_D64']!r}"
+        )
+    if prediction["smallest_within_noise"] not in ["D=16", "D=32", "D=64"]:
+        fail(
+            f"PREDICTION['smallest_within_noise'] should be one of ['D=16', 'D=32', 'D=64'], got {prediction['smallest_within_noise']!r}"
+        )
+
+
+def test_measured_every_setting_and_seed():
+    check_measurements("MEASURED", answers("MEASURED"), EXPECTED)
+
+
+@pytest.mark.points(2)
+def test_measured_numbers_are_in_the_expected_range():
+    check_measured_ranges(
+        "MEASURED",
+        answers("MEASURED"),
+        EXPECTED,
+        hint="params must match exactly: build the 'tiny' preset with n_layers=2, 4 heads of D // 4 and ffn_dim=3 * D; a loss far off means a different model or number of steps.",
+    )
+
+
+def test_conclusion_follows_from_the_measurements():
+    measured = check_measurements("MEASURED", answers("MEASURED"), EXPECTED)
+    ref = measured["D=64"]["val_loss"]
+    within = [
+        s
+        for s in ["D=16", "D=32", "D=64"]
+        if measured[s]["val_loss"].mean() - ref.mean() <= noise(measured[s]["val_loss"], ref)
+    ]
+    want = within[0] if within else "D=64"
+    conclusion = answers("CONCLUSION")
+    if conclusion != want:
+        fail(
+            f"CONCLUSION is {conclusion!r}, but by your measurements the smallest setting "
+            f"within noise (two standard errors of the difference) is {want!r}"
+        )
+
+
+def test_explanation_is_written():
+    words = len(str(answers("EXPLANATION")).split())
+    if words < 30:
+        fail(f"EXPLANATION has {words} words; explain in a few sentences (30 words or more)")
