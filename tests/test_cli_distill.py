@@ -84,3 +84,38 @@ def test_distill_help():
     with pytest.raises(SystemExit) as info:
         main(["distill", "--help"])
     assert info.value.code == 0
+
+
+def test_distillation_resumes_and_refuses_to_overwrite_silently(teacher_ckpt, tmp_path, capsys):
+    """A distill run stopped at step 2 continues to step 4 with --resume; the same --out without
+    --resume or --overwrite is a one-line error that names both."""
+    out = tmp_path / "run"
+    args = [
+        "distill",
+        "--teacher",
+        str(teacher_ckpt),
+        "--mode",
+        "logit",
+        "--task",
+        "add",
+        "--student-layers",
+        "1",
+        "--student-d-model",
+        "32",
+        "--eval-prompts",
+        "4",
+        "--ckpt-every",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main([*args, "--steps", "2"]) == 0
+    first = json.loads((out / "metrics.json").read_text())["history"]["loss"]
+    capsys.readouterr()
+    assert main([*args, "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert main([*args, "--steps", "4", "--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())["history"]["loss"]
+    assert len(resumed) == 4 and resumed[:2] == pytest.approx(first, rel=1e-6)
