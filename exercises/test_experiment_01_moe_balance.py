@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from minids.grading import check_measured_ranges, check_measurements, fail, load_answers
+from minids.grading import (
+    check_explanation,
+    check_measured_ranges,
+    check_measurements,
+    fail,
+    load_answers,
+)
 
 answers = load_answers(Path(__file__).with_name("experiment_01_moe_balance.py"), "01")
 
@@ -61,6 +67,4 @@ def test_conclusion_follows_from_the_measurements():
 
 
 def test_explanation_is_written():
-    words = len(str(answers("EXPLANATION")).split())
-    if words < 30:
-        fail(f"EXPLANATION has {words} words; explain in a few sentences (30 words or more)")
+    check_explanation(answers("EXPLANATION"))

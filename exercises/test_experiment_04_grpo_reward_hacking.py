@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from minids.grading import check_measured_ranges, check_measurements, fail, load_answers
+from minids.grading import (
+    check_explanation,
+    check_measured_ranges,
+    check_measurements,
+    fail,
+    load_answers,
+)
 
 answers = load_answers(Path(__file__).with_name("experiment_04_grpo_reward_hacking.py"), "04")
 
@@ -24,11 +29,6 @@ EXPECTED = {
     "contains": {"reward": (0.913, 1.0), "accuracy": (0.3, 0.7)},
     "format+accuracy": {"reward": (1.91, 2.0), "accuracy": (0.795, 1.0)},
 }
-
-
-def noise(a, b) -> float:
-    """Two standard errors of the difference of two means over seeds (the notebooks' rule)."""
-    return 2.0 * float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
 
 
 def test_prediction_is_written():
@@ -65,6 +65,4 @@ def test_conclusion_follows_from_the_measurements():
 
 
 def test_explanation_is_written():
-    words = len(str(answers("EXPLANATION")).split())
-    if words < 30:
-        fail(f"EXPLANATION has {words} words; explain in a few sentences (30 words or more)")
+    check_explanation(answers("EXPLANATION"))

@@ -419,3 +419,18 @@ def check_measured_ranges(
                     f"correct experiment gives, [{low:.4g}, {high:.4g}]."
                     + (f"\nHint: {hint}" if hint else "")
                 )
+
+
+def two_standard_errors(a, b) -> float:
+    """Two standard errors of the difference of two means over seeds: the notebooks' "within noise"."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return 2.0 * float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
+
+
+def check_explanation(text: object, name: str = "EXPLANATION", min_words: int = 30) -> None:
+    """Fail unless the student's explanation has at least `min_words` words (its content is the
+    teacher's to grade, with the rubric)."""
+    __tracebackhide__ = True
+    words = len(str(text).split())
+    if words < min_words:
+        fail(f"{name} has {words} words; explain in a few sentences ({min_words} words or more)")
