@@ -18,7 +18,7 @@ from minids.grading import (
     check_measurements,
     fail,
     load_answers,
-    two_standard_errors,
+    smallest_within_noise,
 )
 
 answers = load_answers(Path(__file__).with_name("experiment_00_width.py"), "00")
@@ -67,14 +67,7 @@ def test_measured_numbers_are_in_the_expected_range():
 
 def test_conclusion_follows_from_the_measurements():
     measured = check_measurements("MEASURED", answers("MEASURED"), EXPECTED)
-    ref = measured["D=64"]["val_loss"]
-    within = [
-        s
-        for s in ["D=16", "D=32", "D=64"]
-        if measured[s]["val_loss"].mean() - ref.mean()
-        <= two_standard_errors(measured[s]["val_loss"], ref)
-    ]
-    want = within[0] if within else "D=64"
+    want = smallest_within_noise(measured, "val_loss", "D=64", ["D=16", "D=32", "D=64"]) or "D=64"
     conclusion = answers("CONCLUSION")
     if conclusion != want:
         fail(

@@ -18,7 +18,7 @@ from minids.grading import (
     check_measurements,
     fail,
     load_answers,
-    two_standard_errors,
+    smallest_within_noise,
 )
 
 answers = load_answers(Path(__file__).with_name("experiment_02_mla_latent.py"), "02")
@@ -60,14 +60,7 @@ def test_measured_numbers_are_in_the_expected_range():
 
 def test_conclusion_follows_from_the_measurements():
     measured = check_measurements("MEASURED", answers("MEASURED"), EXPECTED)
-    ref = measured["MHA"]["val_loss"]
-    within = [
-        s
-        for s in ["C=2", "C=8", "C=32"]
-        if measured[s]["val_loss"].mean() - ref.mean()
-        <= two_standard_errors(measured[s]["val_loss"], ref)
-    ]
-    want = within[0] if within else "none"
+    want = smallest_within_noise(measured, "val_loss", "MHA", ["C=2", "C=8", "C=32"]) or "none"
     conclusion = answers("CONCLUSION")
     if conclusion != want:
         fail(

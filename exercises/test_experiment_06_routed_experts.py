@@ -18,7 +18,7 @@ from minids.grading import (
     check_measurements,
     fail,
     load_answers,
-    two_standard_errors,
+    smallest_within_noise,
 )
 
 answers = load_answers(Path(__file__).with_name("experiment_06_routed_experts.py"), "06")
@@ -60,14 +60,7 @@ def test_measured_numbers_are_in_the_expected_range():
 def test_conclusion_follows_from_the_measurements():
     measured = check_measurements("MEASURED", answers("MEASURED"), EXPECTED)
     best = min(EXPECTED, key=lambda s: measured[s]["val_loss"].mean())
-    ref = measured[best]["val_loss"]
-    within = [
-        s
-        for s in ["E=2", "E=8", "E=32"]
-        if measured[s]["val_loss"].mean() - ref.mean()
-        <= two_standard_errors(measured[s]["val_loss"], ref)
-    ]
-    want = within[0] if within else best
+    want = smallest_within_noise(measured, "val_loss", best, ["E=2", "E=8", "E=32"]) or best
     conclusion = answers("CONCLUSION")
     if conclusion != want:
         fail(

@@ -44,27 +44,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def noise_of_difference(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two standard errors of the difference of two seed means: the notebooks' "within noise"."""
-    return 2.0 * math.sqrt(mean_std(a)[1] ** 2 / len(a) + mean_std(b)[1] ** 2 / len(b))
-
-
-def smallest_within_noise(
-    measured: Mapping[str, Mapping[str, Sequence[float]]],
-    metric: str,
-    reference: str,
-    candidates: Sequence[str] | None = None,
-) -> str | None:
-    """The first of `candidates` (default: every setting, in order) whose mean `metric` is at most
-    the reference's mean + the noise of the difference; None if there is none."""
-    want = measured[reference][metric]
-    for setting in measured if candidates is None else candidates:
-        got = measured[setting][metric]
-        if mean_std(got)[0] - mean_std(want)[0] <= noise_of_difference(got, want):
-            return setting
-    return None
-
-
 def run_experiment(
     measure: Callable[..., Mapping[str, float]],
     settings: Sequence[str],
