@@ -36,7 +36,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 
 def apply_rope(
-    x: Float[Array, "B T N H"], positions: Int[Array, "B T"], theta: float = 10000.0
+    x: Float[Array, "B T N H"],
+    positions: Int[Array, "B T"],
+    theta: float = 10000.0,
+    yarn: object = None,
 ) -> Float[Array, "B T N H"]:
     """Rotary position embedding (RoPE, Su et al. 2021): rotate channel pairs by a position's angle.
 
@@ -62,6 +65,8 @@ def apply_rope(
         positions: integer position of each token, shape (B, T). Rows may differ
             (e.g. [[0, 1, 2], [5, 6, 7]]); every head of a token uses the same position.
         theta: the base of the frequencies, 10000.0 as in the paper.
+        yarn: always None here, and you may ignore it. It is there so that your function has
+            minids' signature: minids uses it for YaRN's longer contexts (notebook 09).
 
     Returns:
         The rotated x: same shape (B, T, N, H) and same dtype as x.

@@ -45,6 +45,7 @@ def latent_kv(
     kv_lora_rank: int,
     rope_theta: float = 10_000.0,
     eps: float = 1e-6,
+    yarn: object = None,
 ) -> tuple[Float[Array, "B T C"], Float[Array, "B T R"]]:
     """The two things MLA caches for each token (V2 eqs. 9 and 15).
 
@@ -73,6 +74,8 @@ def latent_kv(
         kv_lora_rank: C, a Python int.
         rope_theta: RoPE's frequency base.
         eps: RMSNorm's epsilon.
+        yarn: always None here, and you may ignore it. It is there so that your function has
+            minids' signature: minids uses it for YaRN's longer contexts (notebook 09).
 
     Returns:
         c_kv (B, T, C) and k_rope (B, T, R), in x's dtype.

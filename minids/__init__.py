@@ -7,10 +7,19 @@ The public names, one technique per module (see README.md for the map):
 (`generate` itself stays at `minids.generate.generate`: re-exported here it would hide the module.)
 """
 
-from minids.config import FP8Config, MLAConfig, ModelConfig, MoEConfig, preset
+from minids.config import (
+    DSAConfig,
+    FP8Config,
+    MLAConfig,
+    ModelConfig,
+    MoEConfig,
+    MTPConfig,
+    YaRNConfig,
+    preset,
+)
 from minids.data import TASKS, CharTokenizer, load_local, load_split
 from minids.fp8 import Fp8Linear
-from minids.generate import generate_text, task_accuracy
+from minids.generate import generate_speculative, generate_text, task_accuracy
 from minids.mla import MLA
 from minids.model import Transformer, count_params
 from minids.moe import MoE
@@ -23,16 +32,20 @@ __all__ = [
     "TASKS",
     "TRAIN_PRESETS",
     "CharTokenizer",
+    "DSAConfig",
     "FP8Config",
     "Fp8Linear",
     "MLAConfig",
     "ModelConfig",
     "MoE",
     "MoEConfig",
+    "MTPConfig",
     "TrainConfig",
     "Transformer",
+    "YaRNConfig",
     "count_params",
     "fit",
+    "generate_speculative",
     "generate_text",
     "load_checkpoint",
     "load_local",

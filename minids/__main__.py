@@ -1,11 +1,14 @@
 """Command line: `python -m minids train|generate|grpo|distill|cost ...` (also installed as the `minids` command).
 
 python -m minids train --preset tiny                 # train on the shipped tasks, ~3 min on 2 CPU cores
+python -m minids train --preset tiny --mtp-depth 1 --out runs/tiny_mtp   # with an MTP module (V3 §2.2)
 python -m minids generate --ckpt runs/tiny/checkpoint --prompt "12+35="
+python -m minids generate --ckpt runs/tiny_mtp --prompt "12+35=" --speculative   # MTP drafts
 python -m minids grpo --ckpt runs/grpo_base --train-base   # notebook 04's demonstration, ~4 min
 python -m minids grpo --ckpt runs/tiny/checkpoint --template plain --task count
 python -m minids distill --teacher runs/tiny/checkpoint --student-layers 1   # R1-style distillation
 python -m minids cost --preset deepseek_v3           # parameters, FLOPs, GPU-hours, dollars
+python -m minids train --preset tiny_v3 --mesh data=2,expert=4   # 8 devices (notebook 08)
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ _GRPO_FIELDS = (  # GRPOConfig
     *_CKPT_FIELDS,
 )
 _DISTILL_FIELDS = ("steps", "seed", *_CKPT_FIELDS)  # TrainConfig, the student's
+_MTP_FIELDS = ("depth", "loss_weight", "loss_weight_final", "switch_at")  # MTPConfig, as --mtp-*
 # What a training command writes into --out; --overwrite removes these and nothing else.
 _RUN_FILES = ("checkpoint", "metrics.json", "loss.png")
 
@@ -60,6 +64,7 @@ def _add_config_options(
     *,
     derived: Mapping[str, str] | None = None,
     notes: Mapping[str, str] | None = None,
+    prefix: str = "",
 ) -> None:
     """One option per named field of the dataclass `cls`: `--batch-size` for `batch_size`. `parser`
     is an ArgumentParser or one of its argument groups.
@@ -68,6 +73,7 @@ def _add_config_options(
     its `metadata["help"]`. `derived` names fields whose default the command takes from elsewhere
     (a preset, another option): those options have no default here (an omitted one is absent from
     the parsed arguments) and their help says where it comes from. `notes` adds words to a help.
+    `prefix` goes in front of each option and its destination: `--mtp-depth` for `depth`.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     # The fields' annotations, resolved as `typing.get_type_hints` would (which returns nothing for
@@ -82,7 +88,7 @@ def _add_config_options(
         f = fields[name]
         if not f.metadata.get("help"):
             raise TypeError(f"{cls.__name__}.{name} has no metadata['help'] for its option")
-        kwargs = {"dest": name, "help": f.metadata["help"] + notes.get(name, "")}
+        kwargs = {"dest": prefix + name, "help": f.metadata["help"] + notes.get(name, "")}
         if types[name] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -93,16 +99,16 @@ def _add_config_options(
             kwargs["help"] += f" (default: {derived[name]})"
         else:
             kwargs["default"] = f.default
-        action = parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+        action = parser.add_argument("--" + (prefix + name).replace("_", "-"), **kwargs)
         action.config_field = (
             cls,
             name,
         )  # how tests/test_cli_defaults.py tells these options apart
 
 
-def _config_values(args: argparse.Namespace, names: Sequence[str]) -> dict:
+def _config_values(args: argparse.Namespace, names: Sequence[str], prefix: str = "") -> dict:
     """The named config fields' values that the parsed arguments hold (a derived one only if given)."""
-    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return {name: getattr(args, prefix + name) for name in names if hasattr(args, prefix + name)}
 
 
 def _prepare_out(args: argparse.Namespace, resume: bool | None = None) -> Path:
@@ -144,18 +150,40 @@ def _prepare_out(args: argparse.Namespace, resume: bool | None = None) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from minids.config import preset
+    from minids.config import MTPConfig, preset
     from minids.data import load_local, load_split, shipped_data_dir
     from minids.generate import task_accuracy
     from minids.model import Transformer, count_params
     from minids.plots import save_loss_plot
     from minids.train import TRAIN_PRESETS, fit
 
+    if args.distributed:  # one process per host, joined before anything asks JAX for devices
+        import jax
+
+        jax.distributed.initialize()  # coordinator, process count and id from the environment
     overrides = {"seed": args.seed}
     if args.dtype:
         overrides["dtype"] = args.dtype
+    mtp = _config_values(args, _MTP_FIELDS, prefix="mtp_")
+    if mtp:  # any --mtp-* option switches the modules on (depth 1 unless told)
+        overrides["mtp"] = MTPConfig(**mtp)
     cfg = preset(args.preset, **overrides)
     tcfg = dataclasses.replace(TRAIN_PRESETS[args.preset], **_config_values(args, _TRAIN_FIELDS))
+    if args.eval_prompts is not None and args.eval_prompts < 1:
+        raise ValueError(
+            f"--eval-prompts must be at least 1 (or left out for all), got {args.eval_prompts}"
+        )
+    step_fn = None
+    if args.mesh:  # data and expert parallelism over the devices of this process (or of all hosts)
+        from minids.parallel import make_mesh, mesh_step, parse_mesh
+
+        mesh = make_mesh(**parse_mesh(args.mesh))
+        if tcfg.batch_size % mesh.size:
+            raise ValueError(
+                f"--batch-size {tcfg.batch_size} must be a multiple of the mesh's {mesh.size} devices"
+            )
+        print(f"mesh: {dict(mesh.shape)} over {mesh.size} {mesh.devices.flat[0].platform} devices")
+        step_fn = mesh_step(mesh)
 
     if args.dataset:
         rows = load_local(args.dataset)
@@ -174,6 +202,11 @@ def _train(args: argparse.Namespace) -> int:
     out = _prepare_out(args)
     model = Transformer(cfg)
     print(f"model: preset {args.preset!r}, {count_params(model):,} parameters, compute {cfg.dtype}")
+    if cfg.mtp is not None:
+        print(
+            f"multi-token prediction: {cfg.mtp.depth} module(s), lambda {cfg.mtp.loss_weight} then "
+            f"{cfg.mtp.loss_weight_final} after {cfg.mtp.switch_at:.0%} of the steps"
+        )
     print(f"training: {tcfg.steps} steps of {tcfg.batch_size} examples, peak lr {tcfg.lr}")
     history = fit(
         model,
@@ -183,12 +216,15 @@ def _train(args: argparse.Namespace) -> int:
         ckpt_dir=out / "checkpoint",
         resume=args.resume,
         progress=not args.no_progress,
+        step_fn=step_fn,
     )
     print(f"final training loss {history.loss[-1]:.4f}", end="")
     if history.val_loss:
         print(f", validation loss {history.val_loss[-1]:.4f}", end="")
     print(f" ({history.seconds:.0f} s of training)")
-    accuracy = task_accuracy(model, test)
+    if history.mtp_loss:
+        print(f"final MTP loss (mean over the modules) {history.mtp_loss[-1]:.4f}")
+    accuracy = task_accuracy(model, test[: args.eval_prompts])  # None: all of them
     print("held-out exact-match accuracy (greedy):")
     for task, acc in accuracy.items():
         print(f"  {task:>8}: {100 * acc:5.1f}%")
@@ -216,6 +252,11 @@ def _generate(args: argparse.Namespace) -> int:
     from minids.train import load_checkpoint
 
     model, _ = load_checkpoint(args.ckpt)
+    if args.speculative and model.cfg.mtp is None:
+        raise ValueError(
+            f"--speculative drafts with an MTP module, and {args.ckpt} has none; train one with "
+            "`python -m minids train --mtp-depth 1`"
+        )
     outputs = generate_text(
         model,
         CharTokenizer(),
@@ -225,6 +266,7 @@ def _generate(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         key=jax.random.key(args.seed),
+        speculative=args.speculative,
     )
     for prompt, completion in zip(args.prompt, outputs, strict=True):
         print(f"{prompt}{completion}")
@@ -440,8 +482,13 @@ def _cost(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--peak must be {' or '.join(H800_PEAK)} or a number of TFLOP/s, got {args.peak!r}"
         ) from None
+    cfg = preset(args.preset)
+    if args.mtp_depth:
+        from minids.config import MTPConfig
+
+        cfg = cfg.replace(mtp=MTPConfig(depth=args.mtp_depth))
     report = cost_report(
-        preset(args.preset),
+        cfg,
         tokens=args.tokens * 1e12,
         peak_flops=peak,
         mfu=args.mfu,
@@ -449,6 +496,10 @@ def _cost(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
     )
     print(format_report(f"preset {args.preset!r}", report))
+    if cfg.moe is not None:  # what expert parallelism sends per token (minids.parallel)
+        from minids.cost import format_all_to_all
+
+        print(format_all_to_all(cfg))
     return 0
 
 
@@ -480,6 +531,7 @@ def _remove_checkpoint_folder(folder: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minids.config import MTPConfig
     from minids.grpo_trainer import GRPOConfig
     from minids.train import TrainConfig
 
@@ -514,13 +566,41 @@ def build_parser() -> argparse.ArgumentParser:
         derived=dict.fromkeys(("steps", "batch_size", "lr", "eval_every"), from_preset),
         notes={"seed": " and of the model's initialisation"},
     )
+    _add_config_options(
+        t.add_argument_group(
+            "multi-token prediction (fields of minids.config.MTPConfig; any of them switches it on)"
+        ),
+        MTPConfig,
+        _MTP_FIELDS,
+        derived=dict.fromkeys(_MTP_FIELDS, "no MTP module; with one, MTPConfig's"),
+        prefix="mtp_",
+    )
     t.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
         default=None,
         help="compute dtype (default float32; bfloat16 suits a GPU/TPU)",
     )
+    t.add_argument(
+        "--mesh",
+        default=None,
+        help="train on several devices, e.g. data=2,expert=4: the batch split over all of them, the "
+        "routed experts over `expert` (minids.parallel). On a CPU, simulate devices with "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=8",
+    )
+    t.add_argument(
+        "--distributed",
+        action="store_true",
+        help="several hosts: call jax.distributed.initialize() first (run the same command on every "
+        "host; the coordinator comes from the environment, e.g. SLURM or JAX_COORDINATOR_ADDRESS)",
+    )
     t.add_argument("--data", default=None, help="folder with train/val/test.jsonl (default: data/)")
+    t.add_argument(
+        "--eval-prompts",
+        type=int,
+        default=None,
+        help="held-out prompts scored at the end (default: the whole test split)",
+    )
     t.add_argument(
         "--dataset",
         default=None,
@@ -552,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument(
+        "--speculative",
+        action="store_true",
+        help="self-speculative decoding: the checkpoint's MTP module drafts every second token "
+        "and the model checks it (same output as without, faster when drafts are accepted)",
+    )
     g.set_defaults(func=_generate)
 
     r = sub.add_parser(
@@ -673,6 +759,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--price", type=float, default=2.0, help="dollars per GPU-hour")
     c.add_argument(
         "--seq-len", type=int, default=None, help="training sequence length (default: the preset's)"
+    )
+    c.add_argument(
+        "--mtp-depth",
+        type=int,
+        default=0,
+        help="count D multi-token prediction modules too (V3: 1), apart from the total",
     )
     c.set_defaults(func=_cost)
     return parser

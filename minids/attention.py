@@ -29,7 +29,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from minids.config import ModelConfig
 from minids.kernels import attention as kernel_attention
-from minids.layers import apply_rope, dense
+from minids.layers import apply_rope, dense, yarn_softmax_factor
 
 MASKED = -1e30  # finite, so a fully masked row (a padding query) gives a uniform softmax, not NaN
 
@@ -117,7 +117,8 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.rope_theta = cfg.rope_theta
+        self.rope_theta, self.yarn = cfg.rope_theta, cfg.yarn
+        self.scale = cfg.head_dim**-0.5 * yarn_softmax_factor(cfg.yarn)  # YaRN sharpens (layers.py)
         self.dtype = cfg.compute_dtype
         self.wq = dense(cfg.d_model, cfg.n_heads * cfg.head_dim, cfg, rngs=rngs)
         self.wk = dense(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg, rngs=rngs)
@@ -146,14 +147,14 @@ class Attention(nnx.Module):
         q = self.wq(tokens).reshape(B, T, self.n_heads, self.head_dim)  # (B, T, N, H)
         k = self.wk(tokens).reshape(B, T, self.n_kv_heads, self.head_dim)  # (B, T, M, H)
         v = self.wv(tokens).reshape(B, T, self.n_kv_heads, self.head_dim)
-        q = apply_rope(q, positions, self.rope_theta)
-        k = apply_rope(k, positions, self.rope_theta)
+        q = apply_rope(q, positions, self.rope_theta, self.yarn)
+        k = apply_rope(k, positions, self.rope_theta, self.yarn)
         if cache is not None:
             cache = write_cache(cache, {"k": k, "v": v}, index)
             k, v = cache["k"], cache["v"]
         if is_full_causal_pass(cache, key_mask, index):
-            out = TRAINING_ATTENTION(q, k, v)  # training and scoring: the kernel chosen above
+            out = TRAINING_ATTENTION(q, k, v, self.scale)  # training, scoring: the kernel above
         else:
             mask = attention_mask(T, k.shape[1], index, key_mask)
-            out = dot_product_attention(q, k, v, mask)
+            out = dot_product_attention(q, k, v, mask, self.scale)
         return self.wo(out.reshape(B * T, self.n_heads * self.head_dim)).reshape(B, T, D), cache

@@ -8,7 +8,9 @@ has to be imported to describe it:
       .mla: MLAConfig      multi-head latent attention (minids/mla.py)
       .moe: MoEConfig      DeepSeekMoE feed-forward layers (minids/moe.py)
       .fp8: FP8Config      simulated FP8 GEMMs (minids/fp8.py)
-      .mtp                 multi-token prediction: not built yet, must stay None
+      .yarn: YaRNConfig    YaRN context extension of RoPE (minids/layers.py), GQA and MLA alike
+      .mla.dsa: DSAConfig  DeepSeek Sparse Attention on MLA (minids/dsa.py)
+      .mtp: MTPConfig      multi-token prediction modules and their loss weight (minids/mtp.py)
 
 `None` means the plain baseline: dense SwiGLU feed-forward, GQA attention, no FP8 GEMMs.
 
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, no_type_check
 
 import jax.numpy as jnp
@@ -142,6 +144,58 @@ FP8_SCALING = ("tile", "tensor")
 
 @no_type_check  # validated in __post_init__ with a ValueError naming the field (see the module docstring)
 @dataclass(frozen=True)
+class YaRNConfig:
+    """YaRN context extension of RoPE (Peng et al., 2023), the fields of V3's released `rope_scaling`.
+
+    DeepSeek-V3 §4.3: s = 40, alpha = 1, beta = 32, sqrt(t) = 0.1 ln s + 1, from a 4K pre-training
+    context. How the fields act is in `minids.layers` (`yarn_inv_freq`, `yarn_rope_factor`,
+    `yarn_softmax_factor`); a 0 for `mscale` or `mscale_all_dim` means "absent", as in transformers.
+    """
+
+    factor: float = 40.0  # s, new context / original context (V3 40)
+    original_max_position_embeddings: int = 4096  # the pre-training context (V3 4096)
+    beta_fast: float = 32.0  # channel pairs turning more than beta_fast times keep their frequency
+    beta_slow: float = 1.0  # pairs turning fewer than beta_slow times are interpolated by s
+    mscale: float = 1.0  # attention temperature of the rotated part (V3 1.0; 0 = absent)
+    mscale_all_dim: float = 1.0  # attention temperature of the whole score (V3 1.0; 0 = absent)
+    truncate: bool = True  # round the ramp's ends to whole channel pairs (DeepSeek's code does)
+
+    def __post_init__(self) -> None:
+        check_number("yarn.factor", self.factor, 1.0)
+        check_int("yarn.original_max_position_embeddings", self.original_max_position_embeddings, 1)
+        check_number("yarn.beta_slow", self.beta_slow, 0.0, low_open=True)
+        check_number("yarn.beta_fast", self.beta_fast, 0.0, low_open=True)
+        if self.beta_fast <= self.beta_slow:
+            raise ValueError(
+                f"yarn.beta_fast ({self.beta_fast}) must be > yarn.beta_slow ({self.beta_slow})"
+            )
+        check_number("yarn.mscale (0 = absent)", self.mscale, 0.0)
+        check_number("yarn.mscale_all_dim (0 = absent)", self.mscale_all_dim, 0.0)
+        check_bool("yarn.truncate", self.truncate)
+
+    def replace(self, **changes: Any) -> YaRNConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@no_type_check  # validated in __post_init__ with a ValueError naming the field (see the module docstring)
+@dataclass(frozen=True)
+class DSAConfig:
+    """DeepSeek Sparse Attention's lightning indexer and top-k (V3.2 §2.1; minids/dsa.py)."""
+
+    index_n_heads: int = 4  # H_I, the indexer's query heads (V3.2 64)
+    index_head_dim: int = 32  # d_I, its query/key width; RoPE on the first R channels (V3.2 128)
+    index_topk: int = 32  # k, the tokens each query attends to (V3.2 2048)
+
+    def __post_init__(self) -> None:
+        for name in ("index_n_heads", "index_head_dim", "index_topk"):
+            check_int(f"mla.dsa.{name}", getattr(self, name), 1)
+
+    def replace(self, **changes: Any) -> DSAConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@no_type_check  # validated in __post_init__ with a ValueError naming the field (see the module docstring)
+@dataclass(frozen=True)
 class MLAConfig:
     """MLA's widths (V2 Table 1's d_c', d_c, d_h and d_h^R). `ModelConfig.n_heads` gives N.
 
@@ -154,8 +208,11 @@ class MLAConfig:
     qk_rope_head_dim: int = 16  # R, the decoupled RoPE part, shared key (V3 64)
     v_head_dim: int = 32  # Hv, per-head value width (V3 128)
     decode: str = "absorbed"  # how cached decoding attends: "absorbed" or "naive"
+    dsa: DSAConfig | None = None  # DeepSeek Sparse Attention (V3.2); None = dense MLA
 
     def __post_init__(self) -> None:
+        if isinstance(self.dsa, dict):  # from JSON
+            object.__setattr__(self, "dsa", DSAConfig(**self.dsa))
         check_int("mla.q_lora_rank (0 = no query compression)", self.q_lora_rank, 0)
         for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
             check_int(f"mla.{name}", getattr(self, name), 1)
@@ -164,6 +221,18 @@ class MLAConfig:
                 f"mla.qk_rope_head_dim must be even for RoPE (it rotates pairs), got {self.qk_rope_head_dim}"
             )
         check_choice("mla.decode", self.decode, MLA_DECODE)
+        if self.dsa is not None:
+            if not isinstance(self.dsa, DSAConfig):
+                raise ValueError(f"mla.dsa must be None or a DSAConfig, got {self.dsa!r}")
+            if not self.q_lora_rank:
+                raise ValueError(
+                    "mla.dsa needs mla.q_lora_rank > 0: the indexer's queries come from the query latent"
+                )
+            if self.dsa.index_head_dim < self.qk_rope_head_dim:
+                raise ValueError(
+                    f"mla.dsa.index_head_dim ({self.dsa.index_head_dim}) must be >= "
+                    f"mla.qk_rope_head_dim ({self.qk_rope_head_dim}): RoPE turns its first R channels"
+                )
 
     @property
     def qk_head_dim(self) -> int:
@@ -300,6 +369,41 @@ class FP8Config:
         return dataclasses.replace(self, **changes)
 
 
+@no_type_check  # validated in __post_init__ with a ValueError naming the field (see the module docstring)
+@dataclass(frozen=True)
+class MTPConfig:
+    """Multi-token prediction (V3 §2.2): D sequential modules, each one more token ahead, and the
+    weight lambda of their loss, 0.3 then 0.1 in V3. Each field's metadata holds its help text (the
+    CLI's `--mtp-*` options are made from it)."""
+
+    depth: int = field(
+        default=1, metadata={"help": "D, the number of sequential MTP modules (V3: 1)"}
+    )
+    loss_weight: float = field(
+        default=0.3, metadata={"help": "lambda, the MTP loss weight at the start (V3: 0.3)"}
+    )
+    loss_weight_final: float = field(
+        default=0.1, metadata={"help": "lambda once the switch is passed (V3: 0.1)"}
+    )
+    switch_at: float = field(
+        default=10 / 14.8,  # V3: lambda 0.3 for the first 10T of 14.8T tokens, then 0.1
+        metadata={"help": "fraction of the training steps after which lambda drops"},
+    )
+
+    def __post_init__(self) -> None:
+        check_int("mtp.depth", self.depth, 1, 8)
+        check_number("mtp.loss_weight", self.loss_weight, 0.0)
+        check_number("mtp.loss_weight_final", self.loss_weight_final, 0.0)
+        check_number("mtp.switch_at", self.switch_at, 0.0, 1.0)
+
+    def weight_at(self, step: int, total_steps: int) -> float:
+        """lambda at a training step: `loss_weight` before `switch_at` of the run, then the final one."""
+        return self.loss_weight if step < self.switch_at * total_steps else self.loss_weight_final
+
+    def replace(self, **changes: Any) -> MTPConfig:
+        return dataclasses.replace(self, **changes)
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -326,7 +430,8 @@ class ModelConfig:
     mla: MLAConfig | None = None
     moe: MoEConfig | None = None
     fp8: FP8Config | None = None
-    mtp: None = None  # room for multi-token prediction (V3 §2.2), not built yet
+    mtp: MTPConfig | None = None
+    yarn: YaRNConfig | None = None  # YaRN-scaled RoPE (V3 §4.3); None = plain RoPE
 
     def __post_init__(self) -> None:
         for name in (
@@ -355,7 +460,13 @@ class ModelConfig:
         check_choice("param_dtype", self.param_dtype, tuple(DTYPES))
         check_bool("tie_embeddings", self.tie_embeddings)
         check_int("seed", self.seed, 0)
-        for name, cls in (("mla", MLAConfig), ("moe", MoEConfig), ("fp8", FP8Config)):
+        for name, cls in (
+            ("mla", MLAConfig),
+            ("moe", MoEConfig),
+            ("fp8", FP8Config),
+            ("mtp", MTPConfig),
+            ("yarn", YaRNConfig),
+        ):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), cls):
                 raise ValueError(
                     f"{name} must be None or a minids.config.{cls.__name__}, "
@@ -366,8 +477,6 @@ class ModelConfig:
                 f"moe.n_dense_layers ({self.moe.n_dense_layers}) must be < n_layers ({self.n_layers}): "
                 "otherwise no block would use the MoE feed-forward"
             )
-        if self.mtp is not None:
-            raise ValueError("mtp is not implemented yet in minids; leave it None")
 
     @property
     def compute_dtype(self):
@@ -420,7 +529,13 @@ class ModelConfig:
                 f"unknown ModelConfig fields {unknown}; known fields are {sorted(known)}"
             )
         d = dict(d)
-        for name, sub in (("mla", MLAConfig), ("moe", MoEConfig), ("fp8", FP8Config)):
+        for name, sub in (
+            ("mla", MLAConfig),
+            ("moe", MoEConfig),
+            ("fp8", FP8Config),
+            ("mtp", MTPConfig),
+            ("yarn", YaRNConfig),
+        ):
             if isinstance(d.get(name), dict):
                 d[name] = sub(**d[name])  # FP8Config turns JSON lists back into tuples
         return cls(**d)
@@ -579,6 +694,10 @@ class ParamCounts:
     moe_total: int  # all MoE layers: router + shared + every routed expert
     moe_activated: int  # all MoE layers: router + shared + K routed experts
     norms: int
+    # The MTP modules (`cfg.mtp`), not in `total` or `activated`: their own weights only, since
+    # they share the embedding and the output head with the main model (V3 §2.2).
+    mtp: int = 0
+    mtp_activated: int = 0
 
 
 def attention_params(cfg: ModelConfig) -> int:
@@ -597,7 +716,16 @@ def attention_params(cfg: ModelConfig) -> int:
         + m.kv_lora_rank
         + m.kv_lora_rank * N * (m.qk_nope_head_dim + m.v_head_dim)
     )
-    return query + kv + N * m.v_head_dim * D
+    indexer = 0
+    if m.dsa is not None:  # wq_b, wk, the key's LayerNorm (scale and bias), weights_proj
+        d = m.dsa
+        indexer = (
+            m.q_lora_rank * d.index_n_heads * d.index_head_dim
+            + D * d.index_head_dim
+            + 2 * d.index_head_dim
+            + D * d.index_n_heads
+        )
+    return query + kv + N * m.v_head_dim * D + indexer
 
 
 def moe_param_counts(cfg: ModelConfig) -> tuple[int, int]:
@@ -612,10 +740,28 @@ def moe_param_counts(cfg: ModelConfig) -> tuple[int, int]:
     return total, router + shared + moe.experts_per_token * per_expert
 
 
+def mtp_param_counts(cfg: ModelConfig) -> tuple[int, int]:
+    """(total, activated) weights of all `cfg.mtp.depth` MTP modules, shared embedding and head left out.
+
+    One module: RMSNorms of the hidden state and of the embedding, the projection M_k (2D -> D),
+    a transformer block like the main model's last one (MoE when the model has MoE layers), and
+    the RMSNorm in front of the shared head.
+    """
+    if cfg.mtp is None:
+        return 0, 0
+    D = cfg.d_model
+    ffn_total = ffn_activated = 3 * D * cfg.ffn_dim
+    if cfg.moe is not None:
+        ffn_total, ffn_activated = moe_param_counts(cfg)
+    own = 2 * D + 2 * D * D + D + 2 * D + attention_params(cfg)  # norms, M_k, head norm, block
+    return cfg.mtp.depth * (own + ffn_total), cfg.mtp.depth * (own + ffn_activated)
+
+
 def param_counts(cfg: ModelConfig) -> ParamCounts:
     """Parameters of the model `cfg` describes, counted from the config alone.
 
-    Every weight matrix and norm scale, embedding and output head included (no MTP module).
+    Every weight matrix and norm scale, embedding and output head included; the MTP modules are
+    counted apart, in `mtp` and `mtp_activated`, and are in neither `total` nor `activated`.
     *Activated* parameters are those one token's forward pass reads: one row of the embedding table
     (D numbers, not V x D) unless it is tied to the head, the output head, attention, dense FFNs,
     and in a MoE layer the router, the shared experts and K of the E routed experts.
@@ -642,4 +788,6 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
         moe_total=n_moe * moe_total,
         moe_activated=n_moe * moe_activated,
         norms=norms,
+        mtp=mtp_param_counts(cfg)[0],
+        mtp_activated=mtp_param_counts(cfg)[1],
     )

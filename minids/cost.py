@@ -8,7 +8,12 @@ build.
 What is counted (say it, because published figures differ in exactly these choices):
 
 - **Parameters.** Every weight matrix and norm scale of the model, embedding and output head
-  included; no MTP module. *Activated* parameters are those one token's forward pass reads: one
+  included; the multi-token prediction modules (`cfg.mtp`) are counted apart, in
+  `ParamCounts.mtp`, and are in neither the total nor the activated figure, as in V3's "671B":
+  V3's one MTP module adds 11.61B of its own (README_WEIGHTS.md: 11.5B), and the released
+  checkpoint, which also stores a copy of the embedding and of the head beside it, holds
+  671.03 + 11.61 + 1.85 = 684.5B (the "685B" of its model card). FLOPs and GPU-hours below are
+  the main model's. *Activated* parameters are those one token's forward pass reads: one
   row of the embedding table (D numbers, not V x D), the output head, attention, dense FFNs, and in
   a MoE layer the router, the shared experts and K of the E routed experts. With this rule the
   calculator gives DeepSeek-V3 36.63B activated, V2 20.85B and V2-Lite 2.45B (the papers round to
@@ -31,6 +36,7 @@ What is counted (say it, because published figures differ in exactly these choic
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Parameter counts are arithmetic on the config, kept with it (minids/config.py); re-exported here.
@@ -168,10 +174,84 @@ def format_report(name: str, r: CostReport) -> str:
         f"    attention (all layers)       {_count(p.attention)}",
         f"    dense FFN layers             {_count(p.dense_ffn)}",
         f"    MoE layers, activated        {_count(p.moe_activated)}   (total {_count(p.moe_total).strip()})",
+        *(
+            [
+                f"  MTP modules, not in the total  {_count(p.mtp)}   (activated {_count(p.mtp_activated).strip()}; "
+                "embedding and head shared)",
+                f"  total + MTP + stored copies    {_count(p.total + p.mtp + p.embedding + p.head)}   "
+                "(the release stores embedding and head again with the MTP module)",
+            ]
+            if p.mtp
+            else []
+        ),
         f"  KV cache per token (bf16)      {r.kv_bytes_per_token / 1e3:10.3f} KB",
         f"  training FLOPs per token       {_flops(r.flops_per_token)}   (sequence length {r.seq_len})",
         f"  training on {r.tokens / 1e12:.1f}T tokens at {r.mfu:.0%} MFU of {r.peak_flops / 1e12:.0f} TFLOP/s:",
         f"    GPU-hours                    {hours}",
         f"    cost                         {cost}",
     ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ expert-parallel all-to-all
+
+
+def all_to_all_bytes_per_token(
+    d_model: int,
+    rows_per_token: float,
+    *,
+    dispatch_bytes: float = 1,
+    combine_bytes: float = 2,
+    scale_block: int | None = None,
+    scale_bytes: int = 4,
+    metadata_bytes: float = 0,
+) -> dict[str, float]:
+    """Bytes one token puts on the wire in an MoE layer's dispatch and combine all-to-alls.
+
+    A token travels once to each device (or node) that holds any of its chosen experts, and its
+    result comes back once from each: `rows_per_token` rows each way. A dispatched row is D values
+    of `dispatch_bytes` (1 for FP8), one `scale_bytes` scale per `scale_block` values when FP8 is
+    scaled in tiles, and `metadata_bytes` (say, the gates that travel with it); a combined row is
+    D values of `combine_bytes` (2 for BF16). `minids.parallel` checks this against the
+    all-to-alls of a compiled program.
+    """
+    for name, value in (("d_model", d_model), ("rows_per_token", rows_per_token)):
+        if isinstance(value, bool) or not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    scales = 0 if scale_block is None else math.ceil(d_model / scale_block) * scale_bytes
+    return {
+        "dispatch": rows_per_token * (d_model * dispatch_bytes + scales + metadata_bytes),
+        "combine": rows_per_token * d_model * combine_bytes,
+    }
+
+
+# DeepSeek-V3's training cluster (§3.1, §3.2): 2048 H800s, 8 per node; 16-way pipeline
+# parallelism, 64-way expert parallelism spanning 8 nodes, ZeRO-1 data parallelism.
+V3_CLUSTER = {"gpus": 2048, "gpus_per_node": 8, "pipeline": 16, "expert": 64}
+
+
+def format_all_to_all(cfg: ModelConfig, max_nodes: int | None = None) -> str:
+    """The all-to-all lines `python -m minids cost` prints for a MoE preset: bytes per token per
+    MoE layer with FP8 dispatch (1x128 tiles, float32 scales) and BF16 combine, V3's choice
+    (§3.3), when each token reaches at most `max_nodes` nodes (default: `groups_per_token`, V3's
+    node-limited routing, M = 4) and when it may reach one per expert, up to K (or up to the
+    number of groups, 8 for V3)."""
+    moe = cfg.moe
+    if moe is None:
+        return ""
+    limited = moe.groups_per_token if max_nodes is None else max_nodes
+    n_moe = cfg.n_layers - moe.n_dense_layers
+    D, K = cfg.d_model, moe.experts_per_token
+    rows = {"node-limited": limited, "unlimited": min(K, moe.n_groups) if moe.n_groups > 1 else K}
+    lines = [
+        "  expert-parallel all-to-all, per token per MoE layer (FP8 dispatch + scales, BF16 combine):"
+    ]
+    for name, m in rows.items():
+        b = all_to_all_bytes_per_token(D, m, dispatch_bytes=1, combine_bytes=2, scale_block=128)
+        total = (b["dispatch"] + b["combine"]) * n_moe
+        lines.append(
+            f"    {name + ',':13} at most {m} nodes  dispatch {b['dispatch'] / 1e3:8.2f} KB"
+            f"  combine {b['combine'] / 1e3:8.2f} KB   ({total / 1e6:.2f} MB per token, "
+            f"{n_moe} MoE layers, forward)"
+        )
     return "\n".join(lines)

@@ -421,6 +421,99 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, step]).choice(n, size=batch_size, replace=False)
 
 
+# ------------------------------------------------------------------------- long-context retrieval
+#
+# Two generated tasks whose answer depends on a few characters far back, at any length from about
+# 32 to several thousand tokens (one character is one token). They are not among the shipped splits
+# (`TASKS`): they are made on the fly, at the length an experiment needs (notebook 09, DSA and YaRN).
+#
+#   kv       "ab=3917;cx=0412;...;qe=7730?cx="        -> "0412"   the value stored under a key
+#   passkey  "....k5281....?"                         -> "5281"   the only digits in the filler
+#
+# Each checker re-solves the prompt (`Task.check`), so GRPO can use it as a reward as it is:
+# `kv_retrieval_task().check(prompt, completion)`, or `minids.rewards.plain_accuracy_reward` with
+# the example's "answer".
+
+LONG_TASK_MAX_LEN = 5000  # 26 * 26 two-letter keys of 8 characters each fill about 5400
+
+
+def _kv_pairs(prompt: str) -> tuple[dict[str, str], str]:
+    body, query = prompt.rstrip("=").rsplit("?", 1)
+    return dict(pair.split("=") for pair in body.split(";")), query
+
+
+def kv_retrieval_example(
+    rng: random.Random, length: int, depth: float | None = None
+) -> tuple[str, str]:
+    """A `length`-character (about) prompt of key=value pairs, asking for one key's value.
+
+    `depth` in [0, 1] puts the asked pair at that fraction of the way through (0: first pair);
+    None draws it uniformly.
+    """
+    n_pairs = max(2, (length - 4) // 8)  # "ab=1234;" is 8 characters; "?ab=" ends the prompt
+    keys = rng.sample(
+        [a + b for a in string.ascii_lowercase for b in string.ascii_lowercase], n_pairs
+    )
+    values = [f"{rng.randrange(10_000):04d}" for _ in keys]
+    where = rng.randrange(n_pairs) if depth is None else min(int(depth * n_pairs), n_pairs - 1)
+    body = ";".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+    return f"{body}?{keys[where]}=", values[where]
+
+
+def passkey_example(
+    rng: random.Random, length: int, depth: float | None = None, digits: int = 4
+) -> tuple[str, str]:
+    """`length` characters of random lowercase filler with "k" + `digits` digits hidden at `depth`."""
+    key = "".join(rng.choice(string.digits) for _ in range(digits))
+    filler = "".join(rng.choice(string.ascii_lowercase) for _ in range(max(0, length - digits - 2)))
+    where = rng.randrange(len(filler) + 1) if depth is None else int(depth * len(filler))
+    return f"{filler[:where]}k{key}{filler[where:]}?", key
+
+
+def _solve_passkey(prompt: str) -> str:
+    digits = "".join(ch for ch in prompt if ch.isdigit())  # the filler has none
+    if not digits:
+        raise ValueError("no passkey in the prompt")
+    return digits
+
+
+def kv_retrieval_task(length: int = 128, depth: float | None = None) -> Task:
+    """The key-value retrieval task at one length (and depth), with its checker."""
+    _check_long_length(length)
+    return Task(
+        f"kv{length}",
+        lambda rng: kv_retrieval_example(rng, length, depth),
+        lambda prompt: _kv_pairs(prompt)[0][_kv_pairs(prompt)[1]],
+    )
+
+
+def passkey_task(length: int = 128, depth: float | None = None, digits: int = 4) -> Task:
+    """The passkey task at one length (and depth), with its checker."""
+    _check_long_length(length)
+    return Task(
+        f"passkey{length}",
+        lambda rng: passkey_example(rng, length, depth, digits),
+        _solve_passkey,
+    )
+
+
+def _check_long_length(length: int) -> None:
+    if (
+        isinstance(length, bool)
+        or not isinstance(length, int)
+        or not 16 <= length <= LONG_TASK_MAX_LEN
+    ):
+        raise ValueError(f"length must be an int in [16, {LONG_TASK_MAX_LEN}], got {length!r}")
+
+
+def long_context_examples(task: Task, n: int, seed: int = 0) -> list[dict[str, str]]:
+    """`n` examples {"task", "prompt", "answer"} of a long-context task, from a seed."""
+    rng = random.Random(seed)
+    return [
+        {"task": task.name, "prompt": p, "answer": a} for p, a in (task.make(rng) for _ in range(n))
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m minids.data",

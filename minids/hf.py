@@ -31,6 +31,14 @@ The details that make a port subtly wrong, and what this loader does with each:
   `MoEConfig.norm_topk_prob`). V3 defaults to normalising; V2 never normalises: transformers'
   `DeepseekV2ForCausalLM` ignores `norm_topk_prob`, so a V2 config must leave it false (every
   released V2 checkpoint does) rather than leave the intended numbers in doubt.
+- **YaRN** (`rope_parameters` or, in V2's and V3's released configs, `rope_scaling` of type
+  `yarn`: V3 has factor 40 from 4096 positions, mscale and mscale_all_dim 1.0) becomes
+  `ModelConfig.yarn`, read as transformers reads it (see minids/layers.py for the fields and where
+  DeepSeek's own code differs).
+- **DeepSeek-V3.2** (`deepseek_v32`): V3 with a lightning indexer in every layer (`index_n_heads`,
+  `index_head_dim`, `index_topk`: `MLAConfig.dsa`, minids/dsa.py). Its weights (`indexer.wq_b`,
+  `wk`, `k_norm` with a bias, `weights_proj`) load unpermuted: the indexer rotates half-split pairs,
+  as minids does, while the main attention's rope rows are permuted as above.
 - **Untied embeddings**, the **RMSNorm eps** of the blocks (`rms_norm_eps`; the MLA latent norms
   use 1e-6 in DeepSeek's code whatever it says, as minids does), the **leading dense layers**
   (`first_k_dense_replace`), **uncompressed queries** (`q_lora_rank` null, as in V2-Lite: minids'
@@ -38,11 +46,19 @@ The details that make a port subtly wrong, and what this loader does with each:
   fused (`experts.gate_up_proj`).
 
 Settings minids does not implement raise `ValueError` naming the field and what is allowed, instead
-of loading something that would quietly compute other numbers: a RoPE scaling type (e.g. YaRN, which
-the released V2 and V3 checkpoints use), attention or MLP biases, a scoring function other than the
+of loading something that would quietly compute other numbers: a RoPE scaling type other than YaRN,
+attention or MLP biases, a scoring function other than the
 family's own, another `topk_method`, fewer key/value heads than heads, MoE layers interleaved with
-dense ones (`moe_layer_freq` > 1). Weights of multi-token prediction layers (beyond
-`num_hidden_layers`) are not loaded.
+dense ones (`moe_layer_freq` > 1).
+
+Multi-token prediction. DeepSeek-V3's released weights hold `num_nextn_predict_layers` MTP modules
+as extra layers after the main ones (README_WEIGHTS.md: layer 61 of V3), each with `enorm`, `hnorm`,
+`eh_proj` (minids' M_k, embedding half first), a block (`self_attn`, `mlp` and its two norms, like
+a main layer) and `shared_head` (`norm`, minids' `head_norm`, and `head`, a copy of `lm_head`);
+some checkpoints also store a copy of the embedding there (`embed_tokens`). When those weights are
+in the folder, the model is built with `cfg.mtp` and loads them (`mtp=False` skips them); the
+copies of the embedding and head must equal the main model's, which minids shares. transformers'
+own model has no MTP layer, so a folder it wrote has none, whatever its config says.
 """
 
 from __future__ import annotations
@@ -53,11 +69,64 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from minids.config import MLAConfig, ModelConfig, MoEConfig
+from minids.config import DSAConfig, MLAConfig, ModelConfig, MoEConfig, MTPConfig, YaRNConfig
 from minids.model import Transformer
 
 # model_type -> the transformers class name of each family this module reads
-FAMILIES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
+FAMILIES = {
+    "deepseek_v2": "DeepseekV2ForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "deepseek_v32": "DeepseekV32ForCausalLM",  # V3 + DSA's lightning indexer (minids/dsa.py)
+}
+
+
+def _yarn(hf: dict, rope: dict) -> YaRNConfig | None:
+    """YaRN from `rope_parameters` (transformers 5) or `rope_scaling` (V2/V3's released configs).
+
+    Missing fields take transformers' values: beta 32 / 1, `original_max_position_embeddings` =
+    `max_position_embeddings`, no mscale (0), truncated ramp ends.
+    """
+    scaling = hf.get("rope_scaling") or rope  # transformers reads an old rope_scaling first
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind != "yarn" or scaling.get("attention_factor") is not None:
+        raise _unsupported(
+            "rope scaling",
+            {k: v for k, v in scaling.items() if k != "rope_theta"},
+            "plain RoPE (rope_type 'default') or YaRN ('yarn', without an explicit attention_factor)",
+        )
+    original = scaling.get("original_max_position_embeddings") or hf.get(
+        "max_position_embeddings", 4096
+    )
+    factor = scaling.get("factor")
+    return YaRNConfig(
+        factor=float(factor if factor is not None else hf["max_position_embeddings"] / original),
+        original_max_position_embeddings=int(original),
+        beta_fast=float(scaling.get("beta_fast") or 32),
+        beta_slow=float(scaling.get("beta_slow") or 1),
+        mscale=float(scaling.get("mscale") or 0.0),
+        mscale_all_dim=float(scaling.get("mscale_all_dim") or 0.0),
+        truncate=bool(scaling.get("truncate", True)),
+    )
+
+
+def _dsa(hf: dict) -> DSAConfig:
+    """V3.2's indexer: `index_n_heads`, `index_head_dim`, `index_topk` (every layer indexed)."""
+    n = hf["num_hidden_layers"]
+    n_dense = min(hf.get("first_k_dense_replace") or 0, n)
+    expected = ["dense"] * n_dense + ["sparse"] * (n - n_dense)
+    if hf.get("mlp_layer_types") not in (None, expected):
+        raise _unsupported(
+            "mlp_layer_types", hf["mlp_layer_types"], f"{expected} (first_k_dense_replace dense)"
+        )
+    if hf.get("layer_types") not in (None, ["indexed_attention"] * n):
+        raise _unsupported("layer_types", hf["layer_types"], "'indexed_attention' in every layer")
+    return DSAConfig(
+        index_n_heads=hf.get("index_n_heads", 64),
+        index_head_dim=hf.get("index_head_dim", 128),
+        index_topk=hf.get("index_topk", 2048),
+    )
 
 
 def _unsupported(field: str, value, allowed: str) -> ValueError:
@@ -94,13 +163,7 @@ def _check(hf: dict, checks) -> None:
 def _common(hf: dict) -> tuple[dict, float]:
     """The checks and fields V2 and V3 share: attention, norms, RoPE, dense FFN, embeddings."""
     rope = hf.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default" or hf.get("rope_scaling"):
-        raise _unsupported(
-            "rope scaling",
-            hf.get("rope_scaling") or rope_type,
-            "plain RoPE only (rope_type 'default'); YaRN and other scalings are not implemented",
-        )
+    yarn = _yarn(hf, rope)
     _check(
         hf,
         [
@@ -124,6 +187,7 @@ def _common(hf: dict) -> tuple[dict, float]:
         qk_nope_head_dim=hf["qk_nope_head_dim"],
         qk_rope_head_dim=hf["qk_rope_head_dim"],
         v_head_dim=hf["v_head_dim"],
+        dsa=_dsa(hf) if model_type_of(hf) == "deepseek_v32" else None,
     )
     fields = dict(
         vocab_size=hf["vocab_size"],
@@ -137,6 +201,7 @@ def _common(hf: dict) -> tuple[dict, float]:
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         mla=mla,
+        yarn=yarn,
     )
     theta = float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
     return fields, theta
@@ -223,7 +288,7 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> ModelConfig:
     n_layers, n_dense = fields["n_layers"], hf.get("first_k_dense_replace") or 0
     moe = None
     if n_dense < n_layers:
-        moe = (_moe_v3 if kind == "deepseek_v3" else _moe_v2)(hf, n_dense)
+        moe = (_moe_v2 if kind == "deepseek_v2" else _moe_v3)(hf, n_dense)  # V3.2 routes as V3
     return ModelConfig(**fields, rope_theta=theta, dtype=dtype, moe=moe)
 
 
@@ -312,6 +377,13 @@ def _load_attention(attn, w: _Weights, prefix: str, cfg: ModelConfig, interleave
     )
     _load_linear(attn.wkv_b, w, f"{prefix}.kv_b_proj.weight")
     _load_linear(attn.wo, w, f"{prefix}.o_proj.weight")
+    if m.dsa is not None:  # V3.2's indexer: half-split RoPE, as minids', so no rows permuted
+        indexer = attn.indexer
+        for name in ("wq_b", "wk", "weights_proj"):
+            _load_linear(getattr(indexer, name), w, f"{prefix}.indexer.{name}.weight")
+        for name, hf_name in (("scale", "weight"), ("bias", "bias")):
+            key = f"{prefix}.indexer.k_norm.{hf_name}"
+            _set(getattr(indexer.k_norm, name), w.take(key), key)
 
 
 def _load_swiglu(mlp, w: _Weights, prefix: str) -> None:
@@ -346,12 +418,75 @@ def _load_moe(moe, w: _Weights, prefix: str, cfg: ModelConfig) -> None:
                 raise ValueError(f"{key} holds weights but the config has n_shared_experts = 0")
 
 
+def _mtp_depth(hf: dict, w: _Weights, mtp: bool | None) -> int:
+    """How many MTP modules to load: those of `num_nextn_predict_layers` whose weights are there."""
+    wanted = hf.get("num_nextn_predict_layers") or 0
+    first = hf["num_hidden_layers"]
+    present = sum(w.has(f"model.layers.{first + k}.eh_proj.weight") for k in range(wanted))
+    if mtp is False:
+        return 0
+    if mtp and not present:
+        raise ValueError(
+            f"mtp=True, but the checkpoint holds no MTP layer (model.layers.{first}.eh_proj.weight; "
+            f"num_nextn_predict_layers = {wanted})"
+        )
+    if present not in (0, wanted):
+        raise ValueError(
+            f"num_nextn_predict_layers = {wanted} but the checkpoint holds {present} MTP layers"
+        )
+    return present
+
+
+def _load_mtp(model: Transformer, w: _Weights, interleaved: bool) -> None:
+    """Each MTP layer (index num_hidden_layers + k) into `model.mtp[k]` (see the module docstring)."""
+    cfg = model.cfg
+    for k, module in enumerate(model.mtp):
+        prefix = f"model.layers.{cfg.n_layers + k}"
+        for name, norm in (
+            ("enorm", module.enorm),
+            ("hnorm", module.hnorm),
+            ("shared_head.norm", module.head_norm),
+        ):
+            _set(norm.scale, w.take(f"{prefix}.{name}.weight"), f"{prefix}.{name}.weight")
+        _load_linear(module.eh_proj, w, f"{prefix}.eh_proj.weight")
+        _load_block(module.block, w, prefix, cfg, interleaved)
+        shared = [(f"{prefix}.embed_tokens.weight", model.embed.embed.embedding[...])]
+        head = model.embed.embed.embedding if model.lm_head is None else model.lm_head.kernel
+        head = head[...] if model.lm_head is None else head[...].T
+        shared.append((f"{prefix}.shared_head.head.weight", head))
+        for key, main in shared:
+            if w.has(key) and not np.array_equal(w.take(key), np.asarray(main, np.float32)):
+                raise ValueError(
+                    f"{key} differs from the main model's; minids' MTP modules share the "
+                    "embedding and the output head with it (V3 §2.2)"
+                )
+
+
+def _load_block(block, w: _Weights, prefix: str, cfg: ModelConfig, interleaved: bool) -> None:
+    _set(
+        block.attn_norm.scale,
+        w.take(f"{prefix}.input_layernorm.weight"),
+        f"{prefix}.input_layernorm",
+    )
+    _set(
+        block.ffn_norm.scale,
+        w.take(f"{prefix}.post_attention_layernorm.weight"),
+        f"{prefix}.post_attention_layernorm",
+    )
+    _load_attention(block.attn, w, f"{prefix}.self_attn", cfg, interleaved)
+    if block.use_moe:
+        _load_moe(block.ffn, w, f"{prefix}.mlp", cfg)
+    else:
+        _load_swiglu(block.ffn, w, f"{prefix}.mlp")
+
+
 def load_hf_deepseek(
-    path: str | Path, *, dtype: str = "float32", family: str | None = None
+    path: str | Path, *, dtype: str = "float32", family: str | None = None, mtp: bool | None = None
 ) -> tuple[ModelConfig, Transformer]:
     """Read a local DeepSeek-V2 or -V3 folder; return (minids config, minids model with its weights).
 
     `family` ('deepseek_v2' or 'deepseek_v3'), when given, is checked against the folder's config.
+    `mtp`: None loads the MTP layers when the folder holds them, True requires them, False skips them.
     """
     folder = Path(path)
     config_file = folder / "config.json"
@@ -367,6 +502,9 @@ def load_hf_deepseek(
         )
     cfg = config_from_hf(hf, dtype=dtype)
     w = _Weights(_read_safetensors(folder))
+    depth = _mtp_depth(hf, w, mtp)
+    if depth:
+        cfg = cfg.replace(mtp=MTPConfig(depth=depth))
     model = Transformer(cfg)
     _set(
         model.embed.embed.embedding,
@@ -376,29 +514,16 @@ def load_hf_deepseek(
     # V2 always rotates interleaved pairs (transformers ignores any rope_interleave); V3 may not
     interleaved = kind == "deepseek_v2" or bool(hf.get("rope_interleave", True))
     for i, block in enumerate(model.blocks):
-        prefix = f"model.layers.{i}"
-        _set(
-            block.attn_norm.scale,
-            w.take(f"{prefix}.input_layernorm.weight"),
-            f"{prefix}.input_layernorm",
-        )
-        _set(
-            block.ffn_norm.scale,
-            w.take(f"{prefix}.post_attention_layernorm.weight"),
-            f"{prefix}.post_attention_layernorm",
-        )
-        _load_attention(block.attn, w, f"{prefix}.self_attn", cfg, interleaved)
-        if block.use_moe:
-            _load_moe(block.ffn, w, f"{prefix}.mlp", cfg)
-        else:
-            _load_swiglu(block.ffn, w, f"{prefix}.mlp")
+        _load_block(block, w, f"model.layers.{i}", cfg, interleaved)
     _set(model.final_norm.scale, w.take("model.norm.weight"), "model.norm.weight")
     if model.lm_head is not None:
         _load_linear(model.lm_head, w, "lm_head.weight")
+    if depth:
+        _load_mtp(model, w, interleaved)
     beyond = tuple(f"model.layers.{i}." for i in range(cfg.n_layers, cfg.n_layers + 64))
     left = sorted(
         k for k in set(w.tensors) - w.used if not k.startswith(beyond)
-    )  # MTP layers aside
+    )  # MTP layers not asked for aside
     if left:
         raise ValueError(
             f"the checkpoint has weights minids does not know where to put: {left[:8]}"
@@ -407,10 +532,12 @@ def load_hf_deepseek(
 
 
 def load_hf_deepseek_v3(
-    path: str | Path, *, dtype: str = "float32"
+    path: str | Path, *, dtype: str = "float32", mtp: bool | None = None
 ) -> tuple[ModelConfig, Transformer]:
-    """Read a local `DeepseekV3ForCausalLM` folder; return (minids config, minids model with its weights)."""
-    return load_hf_deepseek(path, dtype=dtype, family="deepseek_v3")
+    """Read a local `DeepseekV3ForCausalLM` folder; return (minids config, minids model with its weights).
+
+    `mtp` as in `load_hf_deepseek`: the MTP layers are loaded when the folder holds them."""
+    return load_hf_deepseek(path, dtype=dtype, family="deepseek_v3", mtp=mtp)
 
 
 def load_hf_deepseek_v2(

@@ -49,9 +49,9 @@ from minids.attention import (
     is_full_causal_pass,
     write_cache,
 )
-from minids.config import MLAConfig, ModelConfig
+from minids.config import MLAConfig, ModelConfig, YaRNConfig
 from minids.kernels import attention as kernel_attention
-from minids.layers import RMSNorm, apply_rope, dense
+from minids.layers import RMSNorm, apply_rope, dense, yarn_softmax_factor
 
 # The RMSNorms on the query and key/value latents use this eps whatever `ModelConfig.norm_eps` says,
 # as DeepSeek's released code does (only the blocks' norms take the configured eps).
@@ -68,13 +68,14 @@ def split_latent(
     kv_lora_rank: int,
     rope_theta: float = 10_000.0,
     eps: float = 1e-6,
+    yarn: YaRNConfig | None = None,
 ) -> tuple[Float[Array, "B T C"], Float[Array, "B T R"]]:
     """Split W_DKV h into the normalised latent c_kv and the rotated shared key k_rope."""
     c_kv, k_rope = kv[..., :kv_lora_rank], kv[..., kv_lora_rank:]
     c32 = c_kv.astype(jnp.float32)
     rms = jax.lax.rsqrt(jnp.mean(c32 * c32, axis=-1, keepdims=True) + eps)
     c_kv = (c32 * rms * norm_scale.astype(jnp.float32)[None, None, :]).astype(kv.dtype)
-    k_rope = apply_rope(k_rope[:, :, None, :], positions, rope_theta)[:, :, 0, :]  # one "head"
+    k_rope = apply_rope(k_rope[:, :, None, :], positions, rope_theta, yarn)[:, :, 0, :]  # 1 "head"
     return c_kv, k_rope
 
 
@@ -86,6 +87,7 @@ def latent_kv(
     kv_lora_rank: int,
     rope_theta: float = 10_000.0,
     eps: float = 1e-6,
+    yarn: YaRNConfig | None = None,
 ) -> tuple[Float[Array, "B T C"], Float[Array, "B T R"]]:
     """What MLA caches for each token (V2 eqs. 9 and 15): exercise 02 asks students to write it.
 
@@ -93,7 +95,7 @@ def latent_kv(
     latent c_kv; the last R, rotated by RoPE at each token's position, are the shared key k_rope.
     """
     kv = jnp.einsum("BTD,DK->BTK", x, w_dkv.astype(x.dtype))
-    return split_latent(kv, norm_scale, positions, kv_lora_rank, rope_theta, eps)
+    return split_latent(kv, norm_scale, positions, kv_lora_rank, rope_theta, eps, yarn)
 
 
 def naive_scores(
@@ -171,7 +173,8 @@ class MLA(nnx.Module):
             m.qk_rope_head_dim,
             m.v_head_dim,
         )
-        self.scale, self.decode, self.dtype = m.softmax_scale, m.decode, cfg.compute_dtype
+        self.decode, self.dtype, self.yarn = m.decode, cfg.compute_dtype, cfg.yarn
+        self.scale = m.softmax_scale * yarn_softmax_factor(cfg.yarn)  # YaRN sharpens (layers.py)
         q_out = N * m.qk_head_dim
         if m.q_lora_rank:
             self.wq_a = dense(D, m.q_lora_rank, cfg, rngs=rngs)  # W_DQ
@@ -202,15 +205,19 @@ class MLA(nnx.Module):
         )
         return w[..., : self.nope], w[..., self.nope :]
 
-    def queries(self, tokens: Float[Array, "BT D"], positions: Int[Array, "B T"]):
-        """q_nope (B, T, N, Hn) and the rotated q_rope (B, T, N, R)."""
+    def queries(self, tokens: Float[Array, "BT D"], positions: Int[Array, "B T"], q_latent=None):
+        """q_nope (B, T, N, Hn) and the rotated q_rope (B, T, N, R).
+
+        `q_latent`, the normalised query latent RMSNorm(W_DQ h), when the caller has it already.
+        """
         B, T = positions.shape
         if self.wq is None:
-            q = self.wq_b(self.q_norm(self.wq_a(tokens)))
+            q = self.wq_b(self.q_norm(self.wq_a(tokens)) if q_latent is None else q_latent)
         else:
             q = self.wq(tokens)
         q = q.reshape(B, T, self.n_heads, self.nope + self.rope)
-        return q[..., : self.nope], apply_rope(q[..., self.nope :], positions, self.rope_theta)
+        q_rope = apply_rope(q[..., self.nope :], positions, self.rope_theta, self.yarn)
+        return q[..., : self.nope], q_rope
 
     def expand(self, c_kv: Float[Array, "B S C"], k_rope: Float[Array, "B S R"]):
         """Full per-head keys [k_nope ; k_rope] (B, S, N, Hn + R) and values (B, S, N, Hv)."""
@@ -235,7 +242,7 @@ class MLA(nnx.Module):
         q_nope, q_rope = self.queries(tokens, positions)
         kv = self.wkv_a(tokens).reshape(B, T, self.rank + self.rope)
         c_kv, k_rope = split_latent(
-            kv, self.kv_norm.scale[...], positions, self.rank, self.rope_theta, self.eps
+            kv, self.kv_norm.scale[...], positions, self.rank, self.rope_theta, self.eps, self.yarn
         )
         if cache is not None:
             cache = write_cache(cache, {"c_kv": c_kv, "k_rope": k_rope}, index)

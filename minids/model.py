@@ -6,14 +6,15 @@ then a feed-forward network of the normalised stream, to the residual stream x:
     x = x + Attention(RMSNorm(x))
     x = x + FFN(RMSNorm(x))
 
-then a final RMSNorm and a linear head give next-token logits.
+then a final RMSNorm and a linear head give next-token logits. With `cfg.mtp` the model also holds
+the multi-token prediction modules (minids/mtp.py), which read its final normalised hidden state.
 
 Shape letters, used in every module's annotations and einsums:
 
     B batch            T query length        S key length (cache slots)
     D model width      N query heads         M key/value heads (N = M * G)
     G group size       H head dim            F feed-forward width
-    E experts          K experts per token   C latent width (kv_lora_rank)
+    E experts          K top-k: experts per token, or DSA's chosen tokens   C latent width (kv_lora_rank)
     R rope dim         V vocabulary          L layers
     Q the G*T query rows that share one key/value head (attention's heads-first layout)
 """
@@ -29,10 +30,12 @@ from jaxtyping import Array, Bool, Float, Int
 
 from minids.attention import Attention
 from minids.config import ModelConfig, moe_param_counts, param_counts
+from minids.dsa import SparseMLA
 from minids.fp8 import use_fp8_linears
 from minids.layers import Embedding, RMSNorm, SwiGLU, dense
 from minids.mla import MLA
 from minids.moe import MoE
+from minids.mtp import MTPModule
 
 MAX_BUILD_PARAMS = (
     20e9  # 80 GB of float32 weights: more than one accelerator holds with its optimizer
@@ -65,7 +68,10 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, use_moe: bool = False, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
-        self.attn = MLA(cfg, rngs=rngs) if cfg.mla is not None else Attention(cfg, rngs=rngs)
+        if cfg.mla is None:
+            self.attn = Attention(cfg, rngs=rngs)
+        else:  # DSA (minids/dsa.py) is MLA with a lightning indexer
+            self.attn = (SparseMLA if cfg.mla.dsa else MLA)(cfg, rngs=rngs)
         self.ffn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=cfg.weight_dtype)
         self.use_moe = use_moe
         self.ffn = MoE(cfg, rngs=rngs) if use_moe else SwiGLU(cfg, rngs=rngs)
@@ -112,15 +118,31 @@ class Transformer(nnx.Module):
         self.lm_head = (
             None if cfg.tie_embeddings else dense(cfg.d_model, cfg.vocab_size, cfg, rngs=rngs)
         )
+        # Multi-token prediction (V3 §2.2): D modules, each with a block like the last main one;
+        # they share the embedding and the output head above.
+        self.mtp = (
+            None
+            if cfg.mtp is None
+            else nnx.List(
+                [
+                    MTPModule(cfg, Block(cfg, use_moe=cfg.moe is not None, rngs=rngs), rngs=rngs)
+                    for _ in range(cfg.mtp.depth)
+                ]
+            )
+        )
         if (
             cfg.fp8 is not None
         ):  # every linear layer's GEMMs in FP8, the output head kept out (V3 §3.3.1)
             use_fp8_linears(self, cfg.fp8, keep=(self.lm_head,) if self.lm_head is not None else ())
 
     def _logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
-        B, T, D = x.shape
-        x = self.final_norm(x).reshape(B * T, D)  # one row per token (see the note in layers.py)
-        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+        return self.output_head(self.final_norm(x))
+
+    def output_head(self, h: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+        """The output head alone, on normalised hidden states (the MTP modules share it)."""
+        B, T, D = h.shape
+        h = h.reshape(B * T, D)  # one row per token (see the note in layers.py)
+        logits = self.embed.attend(h) if self.lm_head is None else self.lm_head(h)
         return logits.reshape(B, T, -1).astype(jnp.float32)
 
     def __call__(
@@ -146,6 +168,17 @@ class Transformer(nnx.Module):
         aux: `aux_loss` (summed over layers, already weighted by alpha), `load` (L', E),
         `max_vio` (L',), `dropped_frac` (L',). Empty for a dense model.
         """
+        hidden, aux = self.final_hidden(tokens, positions, key_mask)
+        return self.output_head(hidden), aux
+
+    def final_hidden(
+        self,
+        tokens: Int[Array, "B T"],
+        positions: Int[Array, "B T"] | None = None,
+        key_mask: Bool[Array, "B T"] | None = None,
+    ) -> tuple[Float[Array, "B T D"], dict[str, Array]]:
+        """The final normalised hidden state (what the head reads; the MTP modules' h^0) and the
+        MoE statistics of `forward_with_aux`."""
         B, T = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(T), (B, T))
@@ -159,7 +192,7 @@ class Transformer(nnx.Module):
         if layer_stats:
             aux = {k: jnp.stack([s[k] for s in layer_stats]) for k in layer_stats[0]}
             aux["aux_loss"] = jnp.sum(aux["aux_loss"])
-        return self._logits(x), aux
+        return self.final_norm(x), aux
 
     def moe_layers(self) -> list[MoE]:
         """The MoE feed-forward modules, in layer order (empty for a dense model)."""
@@ -184,6 +217,17 @@ class Transformer(nnx.Module):
 
         `token_mask` is False for padding tokens: they are stored but never attended to.
         """
+        hidden, cache = self.final_hidden_cached(tokens, positions, cache, token_mask)
+        return self.output_head(hidden), cache
+
+    def final_hidden_cached(
+        self,
+        tokens: Int[Array, "B T"],
+        positions: Int[Array, "B T"],
+        cache: KVCache,
+        token_mask: Bool[Array, "B T"] | None = None,
+    ) -> tuple[Float[Array, "B T D"], KVCache]:
+        """`forward_cached`'s final normalised hidden state, before the head."""
         B, T = tokens.shape
         if token_mask is None:
             token_mask = jnp.ones((B, T), dtype=bool)
@@ -196,7 +240,7 @@ class Transformer(nnx.Module):
             )
             new_layers.append(layer_cache)
         cache = KVCache(layers=tuple(new_layers), key_mask=key_mask, index=cache.index + T)
-        return self._logits(x), cache
+        return self.final_norm(x), cache
 
 
 def count_params(model: nnx.Module, *, activated: bool = False) -> int:
@@ -205,7 +249,8 @@ def count_params(model: nnx.Module, *, activated: bool = False) -> int:
     `activated=True` counts only what one token's forward pass reads: one row of the embedding table
     (unless it is tied to the output head), and in an MoE layer the router, the shared experts and
     K of the E routed experts (DeepSeek-V3's "37B activated of 671B total"); `minids.cost` counts
-    the same from a config alone.
+    the same from a config alone. A model built with `cfg.mtp` counts its MTP modules too, which
+    `minids.cost` keeps apart (`ParamCounts.total + ParamCounts.mtp`).
     """
     params = nnx.state(model, nnx.Param)
     total = int(sum(x.size for x in jax.tree.leaves(params)))
@@ -216,4 +261,5 @@ def count_params(model: nnx.Module, *, activated: bool = False) -> int:
     if cfg.moe is None:
         return total - lookup
     moe_total, moe_activated = moe_param_counts(cfg)
-    return total - lookup - len(model.moe_layers()) * (moe_total - moe_activated)
+    n_moe = len(model.moe_layers()) + (len(model.mtp) if model.mtp is not None else 0)
+    return total - lookup - n_moe * (moe_total - moe_activated)

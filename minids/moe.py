@@ -251,6 +251,8 @@ class MoE(nnx.Module):
         self.compute_dtype = cfg.compute_dtype
         E, D, F = moe.n_routed_experts, cfg.d_model, moe.expert_ffn_dim
         self.fp8 = cfg.fp8  # routed experts in simulated FP8; the router stays float32
+        # A dispatch across devices, set by `minids.parallel.use_expert_parallel`; None: this one.
+        self.expert_parallel = None
 
         def init(
             shape, scale=1.0, dtype=cfg.weight_dtype
@@ -296,6 +298,8 @@ class MoE(nnx.Module):
         # expert FLOPs (blocks on a CPU, `jax.lax.ragged_dot` on a GPU/TPU), equal to
         # `dispatch_reference` in value, drops and gradient (tests/test_kernels.py).
         dispatch = kernel_moe.dispatch if moe.dispatch == "fast" else dispatch_reference
+        if self.expert_parallel is not None:  # experts spread over devices: all-to-all dispatch
+            dispatch = self.expert_parallel
         cdt = self.compute_dtype
         routed, kept = dispatch(
             tokens.astype(cdt),

@@ -14,6 +14,10 @@ or `ckpt_minutes` minutes, keeps the last `ckpt_keep`, each written atomically, 
 finishes the step, saves and raises `Interrupted`. Arrays are stored by orbax; config and metadata
 as JSON (no pickle).
 
+Multi-token prediction (`cfg.mtp`, minids/mtp.py): the loss adds lambda / D times the D modules'
+losses (V3 eq. 25); `fit` hands each step its lambda (`MTPConfig.weight_at`: 0.3, then 0.1 after
+`switch_at` of the steps), as a number in the batch, so the schedule needs no recompilation.
+
 The NaN guard checks every step's loss and gradient norm and stops with `FloatingPointError` naming
 the step, rather than training on silently.
 """
@@ -50,6 +54,7 @@ from minids.checkpoint import (  # noqa: F401  (re-exported: minids.train was th
 from minids.config import check_int, check_number
 from minids.data import CharTokenizer, batch_indices, check_vocab, encode_examples
 from minids.model import Transformer
+from minids.mtp import masked_cross_entropy, mtp_depth_losses, mtp_loss
 
 
 @no_type_check  # validated in __post_init__ (minids.config's check_* functions)
@@ -119,6 +124,8 @@ class History:
     max_vio: list[float] = field(default_factory=list)
     aux_loss: list[float] = field(default_factory=list)
     dropped_frac: list[float] = field(default_factory=list)
+    # MTP models only, every step: the mean of the D modules' cross-entropies (before lambda).
+    mtp_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,12 +184,32 @@ def _transform(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def loss_and_aux(model: Transformer, batch: dict[str, jax.Array]):
-    """(mean answer-token cross-entropy + MoE balance loss, routing statistics)."""
+    """(mean answer-token cross-entropy + MoE balance loss [+ MTP loss], routing statistics)."""
+    if model.cfg.mtp is not None:
+        return _loss_and_aux_mtp(model, batch)
     logits, aux = model.forward_with_aux(batch["inputs"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["loss_mask"]
     ce = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return ce + aux.get("aux_loss", 0.0), {**aux, "ce": ce}
+
+
+def _loss_and_aux_mtp(model: Transformer, batch: dict[str, jax.Array]):
+    """The main loss plus lambda / D times the MTP modules' losses (V3 eq. 25).
+
+    lambda is `batch["mtp_weight"]` when the batch carries it (`fit` does), else the config's first
+    value. The MoE statistics of the modules' blocks follow the main model's (`mtp_load` etc.).
+    """
+    hidden, aux = model.final_hidden(batch["inputs"])
+    ce = masked_cross_entropy(model.output_head(hidden), batch["targets"], batch["loss_mask"])
+    depth_losses, mtp_stats = mtp_depth_losses(model, hidden, batch)
+    weight = batch.get("mtp_weight", model.cfg.mtp.loss_weight)
+    loss = ce + aux.get("aux_loss", 0.0) + mtp_loss(depth_losses, weight)
+    aux = {**aux, "ce": ce, "mtp_loss": jnp.mean(depth_losses)}
+    if mtp_stats:
+        loss = loss + sum(s["aux_loss"] for s in mtp_stats)
+        aux["mtp_load"] = jnp.stack([s["load"] for s in mtp_stats])
+    return loss, aux
 
 
 def loss_fn(model: Transformer, batch: dict[str, jax.Array]) -> jax.Array:
@@ -195,6 +222,9 @@ def update_moe_biases(model: Transformer, aux: dict[str, jax.Array]) -> None:
     gradient, nudge each MoE layer's selection bias by that step's expert load."""
     for layer, load in zip(model.moe_layers(), aux.get("load", ()), strict=False):
         layer.update_bias(load)
+    if "mtp_load" in aux:  # the MTP modules' MoE blocks balance their own experts
+        for module, load in zip(model.mtp, aux["mtp_load"], strict=True):
+            module.block.ffn.update_bias(load)
 
 
 @nnx.jit
@@ -210,6 +240,8 @@ def train_step(model: Transformer, optimizer: nnx.Optimizer, batch: dict[str, ja
             max_vio=jnp.mean(aux["max_vio"]),
             dropped_frac=jnp.mean(aux["dropped_frac"]),
         )
+    if "mtp_loss" in aux:
+        metrics.update(ce=aux["ce"], mtp_loss=aux["mtp_loss"])
     return metrics
 
 
@@ -323,7 +355,10 @@ def fit(
     with stop_requests(enabled=ckpt_dir is not None) as stop:
         for step in bar:
             idx = batch_indices(len(train["inputs"]), cfg.batch_size, step, cfg.seed)
-            metrics = step_fn(model, optimizer, {k: jnp.asarray(v[idx]) for k, v in train.items()})
+            batch = {k: jnp.asarray(v[idx]) for k, v in train.items()}
+            if model.cfg.mtp is not None:  # this step's lambda (V3: 0.3, then 0.1)
+                batch["mtp_weight"] = jnp.float32(model.cfg.mtp.weight_at(step, cfg.steps))
+            metrics = step_fn(model, optimizer, batch)
             loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise FloatingPointError(
@@ -335,7 +370,7 @@ def fit(
             history.loss.append(loss)
             history.grad_norm.append(grad_norm)
             history.lr.append(float(lr_at(step)))
-            for name in ("max_vio", "aux_loss", "dropped_frac"):
+            for name in ("max_vio", "aux_loss", "dropped_frac", "mtp_loss"):
                 if name in metrics:
                     getattr(history, name).append(float(metrics[name]))
             done = step + 1

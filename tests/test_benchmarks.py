@@ -30,6 +30,9 @@ SCRIPTS = {
     "bench_fp8.py": [],
     "bench_torch.py": [],  # needs torch, from the parity extra
     "bench_matmul.py": [],
+    "bench_dsa.py": [],
+    "bench_mtp.py": [],
+    "bench_parallel.py": [],  # starts JAX with 8 simulated CPU devices
 }
 PLACEHOLDERS = {"name", "context", "model", "granularity"}  # stand for the keys of per-item objects
 

@@ -32,6 +32,8 @@ def test_train_then_generate(tmp_path, capsys):
             "8",
             "--eval-every",
             "3",
+            "--eval-prompts",  # scoring the whole test split would take most of the test's time
+            "60",
             "--out",
             str(out),
             "--no-progress",
@@ -93,3 +95,5 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert main(["generate", "--ckpt", str(tmp_path), "--prompt", "é"]) == 2
     assert main(["train", "--steps", "0", "--out", str(tmp_path / "r")]) == 2
     assert "steps must be a positive integer" in capsys.readouterr().err
+    assert main(["train", "--eval-prompts", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "--eval-prompts must be at least 1" in capsys.readouterr().err

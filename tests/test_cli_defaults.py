@@ -14,6 +14,7 @@ import dataclasses
 import pytest
 
 from minids.__main__ import build_parser
+from minids.config import MTPConfig
 from minids.grpo_trainer import GRPOConfig
 from minids.train import TrainConfig
 
@@ -25,6 +26,8 @@ COMMAND_CONFIGS = {
     "distill": TrainConfig,
     "cost": None,
 }
+# Further config dataclasses a command builds from prefixed options (`--mtp-depth` for `depth`).
+MORE_CONFIGS = {"train": (MTPConfig,)}
 # Enough to parse each command: its required options.
 REQUIRED = {
     "train": [],
@@ -66,7 +69,7 @@ def test_options_for_config_fields_are_made_from_the_fields(command):
             continue
         made += 1
         owner, name = tag
-        assert owner is cls, (
+        assert owner is cls or owner in MORE_CONFIGS.get(command, ()), (
             f"{command} {flag} comes from {owner.__name__}, the command builds {cls}"
         )
         field = fields_of(owner)[name]
@@ -112,6 +115,6 @@ def test_the_format_weight_defaults_to_the_configs():
 
 
 def test_every_config_field_has_help():
-    for cls in (TrainConfig, GRPOConfig):
+    for cls in (TrainConfig, GRPOConfig, MTPConfig):
         for name, field in fields_of(cls).items():
             assert field.metadata.get("help"), f"{cls.__name__}.{name} has no metadata['help']"

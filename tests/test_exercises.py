@@ -74,6 +74,19 @@ EXERCISES = {
         },
         14,
     ),
+    "07_mtp": ({"mtp_targets": "minids.mtp", "accept_draft": "minids.generate"}, 15),
+    "09_long_context": (
+        {"index_scores": "minids.dsa", "select_topk": "minids.dsa", "indexer_kl": "minids.dsa"},
+        17,
+    ),
+    "08_parallel": (
+        {
+            "devices_reached": "minids.parallel",
+            "dispatch_slots": "minids.parallel",
+            "order_zb1p": "minids.pipeline",
+        },
+        15,
+    ),
 }
 
 
