@@ -47,8 +47,14 @@ def measure(out: str) -> None:
 
 def test_optimized_build_computes_the_same(tmp_path):
     assert os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1", "conftest.py switches them off"
+    assert "--xla_cpu_use_fusion_emitters=false" in os.environ["XLA_FLAGS"], (
+        "... and these emitters"
+    )
     measure(str(tmp_path / "tested.npz"))
-    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}
+    # The build users run: full optimization, and XLA_FLAGS as the user set them (without the
+    # test run's emitter choice, tests/conftest.py).
+    user_flags = os.environ["XLA_FLAGS"].replace("--xla_cpu_use_fusion_emitters=false", "").strip()
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "0", "XLA_FLAGS": user_flags}
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
     code += (
         f"from test_optimized_build import measure; measure({str(tmp_path / 'optimized.npz')!r})"
