@@ -22,9 +22,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # Before jax starts its CPU backend, which reads XLA_FLAGS once; a user's own flags are kept.
@@ -105,3 +109,28 @@ def pytest_collection_modifyitems(config, items):
         return next((i for i, p in enumerate(_FIRST) if item.nodeid.startswith(p)), len(_FIRST))
 
     items.sort(key=rank)  # stable: within a rank, the usual order
+
+
+def once_per_run(tmp_path_factory, name: str, compute: Callable[[Path], object]):
+    """`compute(folder)` once per test run, its JSON result shared by the xdist workers.
+
+    A session fixture runs once per worker, and work stealing can hand a module's tests to both
+    workers: the graders, the benchmark scripts and the 8-device checks would then all run twice.
+    The first worker to ask computes, under a file lock in the run's shared temporary folder; the
+    other reads what it wrote. A failure is not cached: the next worker to ask tries again.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    result = shared / f"once-{name}.json"
+    with (shared / f"once-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not result.exists():
+                folder = shared / f"once-{name}"
+                folder.mkdir(exist_ok=True)
+                value = compute(folder)
+                result.write_text(json.dumps(value))
+            return json.loads(result.read_text())
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_UN)

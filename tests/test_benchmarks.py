@@ -1,9 +1,9 @@
 """Every benchmark script runs, and its `--json` output is one JSON object with the keys its docstring lists.
 
 This checks the scripts' contract, not their figures: speed is never asserted in a test. Each runs
-with `--smoke`: its smallest shapes, one timed repeat, every code path and every key (about two and
-a half minutes for all eight on 2 CPU cores, half a minute more the first time torch.compile runs;
-`bench_torch.py` only where torch, from the parity extra, is installed).
+with `--smoke`: its smallest shapes, one timed repeat, every code path and every key. All but
+bench_parallel.py run in one process (tests/benchmark_smoke.py), which starts JAX and torch once;
+`bench_torch.py` only where torch, from the parity extra, is installed.
 """
 
 from __future__ import annotations
@@ -18,22 +18,28 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import once_per_run
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-# script: extra arguments, after `--smoke --json` (none yet: --smoke picks the smallest size itself)
-SCRIPTS = {
-    "bench_train.py": [],
-    "bench_moe.py": [],
-    "bench_mla.py": [],
-    "bench_model.py": [],
-    "bench_grpo.py": [],
-    "bench_fp8.py": [],
-    "bench_torch.py": [],  # needs torch, from the parity extra
-    "bench_matmul.py": [],
-    "bench_dsa.py": [],
-    "bench_mtp.py": [],
-    "bench_parallel.py": [],  # starts JAX with 8 simulated CPU devices
-}
+# Every script, run with `--smoke --json` (--smoke picks the smallest size itself). All but one run
+# in one process, tests/benchmark_smoke.py; bench_parallel.py starts JAX with 8 simulated CPU
+# devices, which is fixed when JAX starts, so it runs in a process of its own.
+SCRIPTS = (
+    "bench_train.py",
+    "bench_moe.py",
+    "bench_mla.py",
+    "bench_model.py",
+    "bench_grpo.py",
+    "bench_fp8.py",
+    "bench_torch.py",  # needs torch, from the parity extra
+    "bench_matmul.py",
+    "bench_dsa.py",
+    "bench_mtp.py",
+    "bench_parallel.py",
+)
+OWN_PROCESS = {"bench_parallel.py"}
+RUNNER = Path(__file__).with_name("benchmark_smoke.py")
+HAS_TORCH = importlib.util.find_spec("torch") is not None
 PLACEHOLDERS = {"name", "context", "model", "granularity"}  # stand for the keys of per-item objects
 
 
@@ -83,21 +89,45 @@ def test_documented_keys_parse_the_docstrings():
     assert "matmul_fraction_paired" in train and not train & {"before", "median", "busy"}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_benchmark_json_has_the_documented_keys(script):
-    if script == "bench_torch.py" and importlib.util.find_spec("torch") is None:
-        pytest.skip("bench_torch.py needs torch: install the parity extra")
-    path = BENCHMARKS / script
+def run_in_one_process(folder: Path) -> dict[str, dict]:
+    scripts = [s for s in SCRIPTS if s not in OWN_PROCESS and (HAS_TORCH or s != "bench_torch.py")]
+    out = folder / "smoke.json"
     run = subprocess.run(
-        [sys.executable, str(path), "--smoke", "--json", *SCRIPTS[script]],
+        [sys.executable, str(RUNNER), str(out), *scripts],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
         cwd=BENCHMARKS.parent,
     )
-    assert run.returncode == 0, f"{script} failed:\n{run.stderr[-3000:]}"
-    report = json.loads(run.stdout)  # the whole of stdout must be the one object
+    assert run.returncode == 0 and out.exists(), f"{RUNNER.name} failed:\n{run.stderr[-3000:]}"
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory) -> dict[str, dict]:
+    return once_per_run(tmp_path_factory, "benchmark-smoke", run_in_one_process)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_benchmark_json_has_the_documented_keys(script, smoke_runs):
+    if script == "bench_torch.py" and not HAS_TORCH:
+        pytest.skip("bench_torch.py needs torch: install the parity extra")
+    path = BENCHMARKS / script
+    if script in OWN_PROCESS:
+        run = subprocess.run(
+            [sys.executable, str(path), "--smoke", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=BENCHMARKS.parent,
+        )
+        assert run.returncode == 0, f"{script} failed:\n{run.stderr[-3000:]}"
+        stdout = run.stdout
+    else:
+        assert smoke_runs[script]["ok"], f"{script} failed:\n{smoke_runs[script]['error']}"
+        stdout = smoke_runs[script]["stdout"]
+    report = json.loads(stdout)  # the whole of stdout must be the one object
     assert isinstance(report, dict)
     documented = documented_keys(path)
     keys, numbers = set(), []

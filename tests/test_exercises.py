@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import once_per_run
 
 from minids.grading import SOLUTIONS_ENV, junit_results
 
@@ -121,12 +122,16 @@ def run_graders(folder: Path, *, solutions: bool) -> tuple[dict[str, tuple[str, 
 # starting Python and JAX, and the graders share many compiled programs.
 @pytest.fixture(scope="session")
 def on_solutions(tmp_path_factory):
-    return run_graders(tmp_path_factory.mktemp("graders"), solutions=True)
+    return once_per_run(
+        tmp_path_factory, "graders-solutions", lambda d: run_graders(d, solutions=True)
+    )
 
 
 @pytest.fixture(scope="session")
 def on_stubs(tmp_path_factory):
-    return run_graders(tmp_path_factory.mktemp("graders"), solutions=False)
+    return once_per_run(
+        tmp_path_factory, "graders-stubs", lambda d: run_graders(d, solutions=False)
+    )
 
 
 def of_exercise(results: dict[str, tuple[str, str]], exercise: str) -> dict[str, tuple[str, str]]:

@@ -20,6 +20,7 @@ PROBE = """
 import ctypes, resource, threading
 import sys
 import minids
+from minids import *  # every public name: the modules load on first use
 from minids.kernels import host_memory
 applied = host_memory.keep_freed_memory() if sys.argv[1] == "call" else None
 libc = ctypes.CDLL("libc.so.6")

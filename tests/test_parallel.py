@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import once_per_run
 
 from minids import parallel as par
 from minids.config import MoEConfig, preset
@@ -25,13 +26,17 @@ from minids.moe import router_scores, select_experts
 CHECKS = Path(__file__).with_name("parallel_checks.py")
 
 
-@pytest.fixture(scope="module")
-def eight_devices() -> dict:
+def run_checks(folder: Path) -> dict:
     done = subprocess.run(
         [sys.executable, str(CHECKS)], capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="session")
+def eight_devices(tmp_path_factory) -> dict:
+    return once_per_run(tmp_path_factory, "eight-devices", run_checks)
 
 
 def test_the_checks_ran_on_eight_devices(eight_devices):
