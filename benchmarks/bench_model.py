@@ -41,18 +41,20 @@ import numpy as np
 from _common import add_run_flags, log, print_columns, repeats
 from bench_train import MatmulClock
 
-from minids.config import preset
+from minids.config import ModelConfig, preset
 from minids.cost import matmul_params, param_counts, training_flops_per_token
 from minids.model import Transformer
 from minids.train import TrainConfig, make_optimizer, train_step
 
 BATCH = 64
-SMOKE_BATCH, SMOKE_MATMUL_N = 8, 256
+# --smoke: the batch, the matmul clock's size, and 2 layers (the dense one and one MoE layer)
+SMOKE_BATCH, SMOKE_MATMUL_N, SMOKE_LAYERS = 8, 256, 2
 
 
-def dense_twin():
-    """A dense model like tiny_v3 whose matmul weights per token match tiny_v3's activated ones."""
-    v3 = preset("tiny_v3")
+def dense_twin(v3: ModelConfig | None = None) -> ModelConfig:
+    """A dense model like `v3` (tiny_v3 by default) whose matmul weights per token match its
+    activated ones."""
+    v3 = v3 or preset("tiny_v3")
     base = preset(
         "tiny",
         d_model=v3.d_model,
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     B = SMOKE_BATCH if args.smoke else BATCH
     ticks = 1 if args.smoke else 2
     clock = MatmulClock(SMOKE_MATMUL_N) if args.smoke else MatmulClock()
-    cfgs = {"tiny_v3": preset("tiny_v3"), "dense": dense_twin()}
+    v3 = preset("tiny_v3", n_layers=SMOKE_LAYERS) if args.smoke else preset("tiny_v3")
+    cfgs = {"tiny_v3": v3, "dense": dense_twin(v3)}
     rng = np.random.default_rng(0)
     T = cfgs["tiny_v3"].max_seq_len
     batch = {
