@@ -54,30 +54,4 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "MLA",
-    "TASKS",
-    "TRAIN_PRESETS",
-    "CharTokenizer",
-    "DSAConfig",
-    "FP8Config",
-    "Fp8Linear",
-    "MLAConfig",
-    "ModelConfig",
-    "MoE",
-    "MoEConfig",
-    "MTPConfig",
-    "TrainConfig",
-    "Transformer",
-    "YaRNConfig",
-    "count_params",
-    "fit",
-    "generate_speculative",
-    "generate_text",
-    "load_checkpoint",
-    "load_local",
-    "load_split",
-    "preset",
-    "save_checkpoint",
-    "task_accuracy",
-]
+__all__ = sorted(_WHERE)

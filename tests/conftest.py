@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -33,7 +32,8 @@ from pathlib import Path
 
 # Before jax starts its CPU backend, which reads XLA_FLAGS once; a user's own flags are kept.
 # test_optimized_build.py removes this flag again for the build users run.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false"
+TEST_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAG}"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -123,14 +123,9 @@ def once_per_run(tmp_path_factory, name: str, compute: Callable[[Path], object])
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     result = shared / f"once-{name}.json"
     with (shared / f"once-{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not result.exists():
-                folder = shared / f"once-{name}"
-                folder.mkdir(exist_ok=True)
-                value = compute(folder)
-                result.write_text(json.dumps(value))
-            return json.loads(result.read_text())
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, however this block ends
+        if not result.exists():
+            folder = shared / f"once-{name}"
+            folder.mkdir(exist_ok=True)
+            result.write_text(json.dumps(compute(folder)))
+        return json.loads(result.read_text())

@@ -46,14 +46,14 @@ def measure(out: str) -> None:
 
 
 def test_optimized_build_computes_the_same(tmp_path):
+    from conftest import TEST_XLA_FLAG  # here, not at the top: the subprocess imports this file
+
     assert os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1", "conftest.py switches them off"
-    assert "--xla_cpu_use_fusion_emitters=false" in os.environ["XLA_FLAGS"], (
-        "... and these emitters"
-    )
+    assert TEST_XLA_FLAG in os.environ["XLA_FLAGS"], "... and chooses these emitters"
     measure(str(tmp_path / "tested.npz"))
     # The build users run: full optimization, and XLA_FLAGS as the user set them (without the
     # test run's emitter choice, tests/conftest.py).
-    user_flags = os.environ["XLA_FLAGS"].replace("--xla_cpu_use_fusion_emitters=false", "").strip()
+    user_flags = os.environ["XLA_FLAGS"].replace(TEST_XLA_FLAG, "").strip()
     env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "0", "XLA_FLAGS": user_flags}
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
     code += (
