@@ -7,9 +7,10 @@
 - `data/` holds the shipped splits; a session fixture checks that no test changed a byte of it.
 - One XLA compilation cache for the whole run, shared by the xdist workers and by the processes the
   tests start (notebook kernels, benchmark scripts, the CLI): many tests compile the same small
-  programs, which are then compiled once. A fresh folder per run, so no run reads another's. Every
-  compilation is kept, however quick: building a model compiles one small program per weight shape,
-  and a notebook kernel or a CLI run would otherwise compile them all again.
+  programs, which are then compiled once. A fresh folder per run, so no run reads another's, removed
+  when the run ends (a run's cache is about 70 MB). Every compilation is kept, however quick:
+  building a model compiles one small program per weight shape, and a notebook kernel or a CLI run
+  would otherwise compile them all again.
 - XLA compiles with most optimizations off (`jax_disable_most_optimizations`), and XLA:CPU emits
   its loops with the older elemental emitters (`--xla_cpu_use_fusion_emitters=false`), here and in
   the processes the tests start. At these shapes a test spends most of its time compiling: the first
@@ -26,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -44,10 +46,15 @@ from minids.data import DATA_DIR  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# xdist gives its workers one id per run; a plain run gets a folder of its own.
-_run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"solo-{os.getpid()}"
-_cache = Path(tempfile.gettempdir()) / f"minids-xla-cache-{_run}"
-os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_cache)  # the processes tests start inherit it
+# The first process of a run to load this file (xdist's controller, or a plain pytest) makes the
+# folder; the workers and every process the tests start inherit it through the environment, and
+# the maker removes it when the run ends (pytest_sessionfinish), so runs do not pile up in /tmp.
+_CACHE_ENV = "MINIDS_TEST_XLA_CACHE"
+_owns_cache = _CACHE_ENV not in os.environ
+if _owns_cache:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="minids-xla-cache-")
+_cache = Path(os.environ[_CACHE_ENV])
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_cache)
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
 jax.config.update("jax_compilation_cache_dir", str(_cache))
@@ -63,6 +70,12 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("minids")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _owns_cache:
+        shutil.rmtree(_cache, ignore_errors=True)
+        del os.environ[_CACHE_ENV]
 
 
 def _snapshot(folder) -> dict[str, str]:
