@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import compiled
+from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -173,9 +175,10 @@ def test_a_student_learns_a_fixed_teachers_samples(cfg, teacher, examples):
         k: jnp.asarray(v)
         for k, v in encode_examples(kept, CharTokenizer(), cfg.max_seq_len).items()
     }
-    before = float(loss_fn(student, arrays))
+    loss = nnx.jit(loss_fn)
+    before = float(loss(student, arrays))
     fit(student, kept, None, TCFG, progress=False)
-    after = float(loss_fn(student, arrays))
+    after = float(loss(student, arrays))
     assert after < 0.5 * before, (before, after)
 
 
@@ -189,7 +192,10 @@ def test_logit_distillation_pulls_the_student_towards_the_teacher(cfg, teacher, 
     def kl():
         return float(
             distillation_loss(
-                student(arrays["inputs"]), teacher(arrays["inputs"]), 2.0, arrays["loss_mask"]
+                compiled()(student, arrays["inputs"]),
+                compiled()(teacher, arrays["inputs"]),
+                2.0,
+                arrays["loss_mask"],
             )
         )
 

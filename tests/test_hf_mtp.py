@@ -15,6 +15,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from minids.hf import load_hf_deepseek_v3
 from minids.mtp import mtp_hidden_states
@@ -87,11 +88,17 @@ def test_the_mtp_layer_loads_and_gives_transformers_numbers(checkpoint):
     assert cfg.n_layers == L and cfg.mtp is not None and cfg.mtp.depth == 1
     tokens = np.array([[1, 5, 9, 4, 7, 3, 8, 2, 11, 40]])
     B, T = tokens.shape
-    # minids: h^0 (the final normalised hidden state), then module 1
-    hidden, _ = model.final_hidden(jnp.asarray(tokens))
-    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-    (h1,), _ = mtp_hidden_states(model.mtp, model.embed, hidden, jnp.asarray(tokens), positions)
-    got = np.asarray(model.output_head(h1))
+
+    # minids: h^0 (the final normalised hidden state), then module 1 (one compiled program)
+    @nnx.jit
+    def first_module_logits(model, tokens):
+        hidden, _ = model.final_hidden(tokens)
+        positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+        (h1,), _ = mtp_hidden_states(model.mtp, model.embed, hidden, tokens, positions)
+        return hidden, model.output_head(h1)
+
+    hidden, got = first_module_logits(model, jnp.asarray(tokens))
+    got = np.asarray(got)
     # transformers: the main layers and norm, then eq. 21 and the extra layer, by hand
     with torch.no_grad():
         ids = torch.tensor(tokens)

@@ -13,6 +13,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import compiled
 from flax import nnx
 
 from minids.hf import config_from_hf, load_hf_deepseek, load_hf_deepseek_v2, load_hf_deepseek_v3
@@ -131,7 +132,7 @@ def test_logits_equal_the_transformers_model(name, tmp_path):
     tokens = np.random.default_rng(0).integers(0, 64, size=(2, 17))
     with torch.no_grad():
         want = reference(torch.as_tensor(tokens)).logits.numpy()
-    got = np.asarray(model(jnp.asarray(tokens, jnp.int32)))
+    got = np.asarray(compiled()(model, jnp.asarray(tokens, jnp.int32)))
     assert np.abs(got - want).max() <= ATOL, f"max |difference| {np.abs(got - want).max():.2e}"
     assert np.abs(want).max() > 1.0  # the comparison is not between two near-zero tensors
     # The routing is exercised: more than K experts get tokens, so the bias and the groups matter.
@@ -142,7 +143,7 @@ def test_logits_equal_the_transformers_model(name, tmp_path):
 def _logits(torch, reference, model, tokens):
     with torch.no_grad():
         want = reference(torch.as_tensor(tokens)).logits.numpy()
-    return np.asarray(model(jnp.asarray(tokens, jnp.int32))), want
+    return np.asarray(compiled()(model, jnp.asarray(tokens, jnp.int32))), want
 
 
 @pytest.mark.parity
@@ -160,7 +161,7 @@ def test_v2_logits_equal_the_transformers_model(name, tmp_path):
         # bias, zero in this model) instead of V2's (the best score) changes the logits.
         v3_rule = Transformer(cfg.replace(moe=cfg.moe.replace(balancing="aux_free")))
         nnx.update(v3_rule, nnx.state(model))
-        other = np.asarray(v3_rule(jnp.asarray(tokens, jnp.int32)))
+        other = np.asarray(compiled()(v3_rule, jnp.asarray(tokens, jnp.int32)))
         assert np.abs(other - want).max() > 1e-3
 
 
@@ -184,7 +185,8 @@ def test_a_wrong_rope_pairing_would_be_caught(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 64, size=(1, 17))
     with torch.no_grad():
         want = reference(torch.as_tensor(tokens)).logits.numpy()
-    assert np.abs(np.asarray(model(jnp.asarray(tokens, jnp.int32))) - want).max() > 1e-2
+    got = np.asarray(compiled()(model, jnp.asarray(tokens, jnp.int32)))
+    assert np.abs(got - want).max() > 1e-2
 
 
 # ----------------------------------------------------------------- config checks (no torch needed)

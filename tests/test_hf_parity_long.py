@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import compiled
 
 from minids import dsa
 from minids.config import YaRNConfig
@@ -76,7 +77,7 @@ def _save_hf(cls_name: str, fields: dict, folder):
 def _compare(torch, reference, model, tokens):
     with torch.no_grad():
         want = reference(torch.as_tensor(tokens)).logits.numpy()
-    got = np.asarray(model(jnp.asarray(tokens, jnp.int32)))
+    got = np.asarray(compiled()(model, jnp.asarray(tokens, jnp.int32)))
     assert np.abs(want).max() > 1.0  # not two near-zero tensors
     return np.abs(got - want).max()
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import compiled
 from flax import nnx
 
 from minids.attention import attention_mask, dot_product_attention
@@ -50,6 +51,7 @@ def _tokens(shape, seed=0):
     return np.random.default_rng(seed).integers(3, 99, size=shape).astype(np.int32)
 
 
+@nnx.jit
 @nnx.jit
 def _forward(model, tokens, positions):
     return model(tokens, positions)
@@ -124,7 +126,7 @@ def test_config_with_mla_round_trips_through_a_checkpoint(mcfg, tmp_path):
     restored, _ = load_checkpoint(tmp_path / "ckpt")
     assert restored.cfg == mcfg
     tokens = jnp.asarray(_tokens((2, 6)))
-    np.testing.assert_array_equal(np.asarray(restored(tokens)), np.asarray(model(tokens)))
+    np.testing.assert_array_equal(compiled()(restored, tokens), compiled()(model, tokens))
 
 
 # ------------------------------------------------------------------------------ the latent cache
@@ -169,9 +171,9 @@ def test_left_padding_with_a_key_mask_changes_nothing(mcfg):
     seqs = [_tokens((n,), seed=n).tolist() for n in (3, 7)]
     tokens, mask = left_pad(seqs, pad_id=0)
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    padded = np.asarray(model(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask)))
+    padded = compiled()(model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
     for b, seq in enumerate(seqs):
-        alone = np.asarray(model(jnp.asarray([seq])))[0]
+        alone = compiled()(model, jnp.asarray([seq]))[0]
         np.testing.assert_allclose(padded[b, -len(seq) :], alone, atol=ATOL)
 
 
@@ -288,12 +290,12 @@ def test_fast_causal_attention_handles_a_value_width_and_scale_of_its_own():
     def loss(f):
         return lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))
 
-    fast = lambda q, k, v: causal_attention(q, k, v, 0.3)  # noqa: E731
-    ref = lambda q, k, v: dot_product_attention(q, k, v, mask, 0.3)  # noqa: E731
+    fast = jax.jit(lambda q, k, v: causal_attention(q, k, v, 0.3))
+    ref = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, mask, 0.3))
     np.testing.assert_allclose(fast(q, k, v), ref(q, k, v), atol=1e-5)
     for g_fast, g_ref in zip(
-        jax.grad(loss(fast), argnums=(0, 1, 2))(q, k, v),
-        jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v),
+        jax.jit(jax.grad(loss(fast), argnums=(0, 1, 2)))(q, k, v),
+        jax.jit(jax.grad(loss(ref), argnums=(0, 1, 2)))(q, k, v),
         strict=True,
     ):
         np.testing.assert_allclose(g_fast, g_ref, atol=1e-4)

@@ -7,6 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import compiled
 from flax import nnx
 
 from minids.config import ModelConfig, moe_param_counts
@@ -65,14 +66,13 @@ def test_total_and_activated_parameter_counts(moe_cfg, cfg):
 
 def test_forward_with_aux_reports_routing_statistics(moe_cfg):
     model = Transformer(moe_cfg)
-    logits, aux = model.forward_with_aux(_batch(moe_cfg)["inputs"])
+    logits, aux = compiled("forward_with_aux")(model, _batch(moe_cfg)["inputs"])
     assert logits.shape[-1] == moe_cfg.vocab_size
     assert aux["load"].shape == (2, MOE.n_routed_experts)
     np.testing.assert_allclose(np.asarray(aux["load"].sum(-1)), 1.0, atol=1e-6)
     assert aux["max_vio"].shape == (2,) and bool(jnp.all(aux["max_vio"] >= 0))
-    dense_logits, dense_aux = Transformer(moe_cfg.replace(moe=None)).forward_with_aux(
-        _batch(moe_cfg)["inputs"]
-    )
+    dense = Transformer(moe_cfg.replace(moe=None))
+    dense_logits, dense_aux = compiled("forward_with_aux")(dense, _batch(moe_cfg)["inputs"])
     assert dense_aux == {} and dense_logits.shape == logits.shape
 
 
@@ -139,11 +139,9 @@ def test_kv_cache_decoding_matches_the_full_forward_for_an_moe_model(moe_cfg):
 
 def test_fast_and_reference_dispatch_give_the_same_model(moe_cfg):
     tokens = _batch(moe_cfg)["inputs"]
-    fast = Transformer(moe_cfg)(tokens)
+    fast = compiled()(Transformer(moe_cfg), tokens)
     ref_cfg = moe_cfg.replace(moe=dataclasses.replace(MOE, dispatch="reference"))
-    np.testing.assert_allclose(
-        np.asarray(Transformer(ref_cfg)(tokens)), np.asarray(fast), atol=1e-5
-    )
+    np.testing.assert_allclose(compiled()(Transformer(ref_cfg), tokens), fast, atol=1e-5)
 
 
 def test_model_config_checks_the_moe_field(cfg):
