@@ -3,7 +3,8 @@
 Multi-head latent attention (V2 §2.1) in the attention half, with its compressed latent cache;
 DeepSeekMoE (shared + routed experts, sigmoid gates, aux-loss-free bias) in the feed-forward half,
 except in the first dense layers; FP8 GEMMs in every linear layer (V3 §3.3); multi-token prediction
-(V3 §2.2) drawn dashed, as it is not built in minids yet.
+(V3 §2.2) drawn dashed: optional, it trains beside the main model and is then dropped or kept to
+draft tokens for speculative decoding.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def draw_v3_block():
         4.6,
         4.8,
         0.9,
-        "MTP (V3 §2.2): extra modules predict token t+2\nfrom the last hidden state (planned, not built)",
+        "MTP (mtp.py, V3 §2.2): modules that predict t+2;\ndropped at inference, or kept to draft tokens",
         "white",
         fontsize=8,
     )
