@@ -230,12 +230,14 @@ def kl_inputs(seed=0):
 
 def kl_np(target, scores, mask):
     s = np.where(mask, scores.astype(np.float64), -np.inf)
-    log_q = (
-        s
-        - np.log(np.sum(np.exp(s - s.max(-1, keepdims=True)), -1, keepdims=True))
-        - s.max(-1, keepdims=True)
-    )
-    terms = np.where(target > 0, target * (np.log(np.where(target > 0, target, 1)) - log_q), 0)
+    # A fully masked row (left padding) has no distribution: its NaNs are left out below.
+    with np.errstate(invalid="ignore"):
+        log_q = (
+            s
+            - np.log(np.sum(np.exp(s - s.max(-1, keepdims=True)), -1, keepdims=True))
+            - s.max(-1, keepdims=True)
+        )
+        terms = np.where(target > 0, target * (np.log(np.where(target > 0, target, 1)) - log_q), 0)
     per_query = terms.sum(-1)
     rows = mask.any(-1)
     return per_query[rows].mean()
