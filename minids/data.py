@@ -352,6 +352,9 @@ def _read_with_datasets(path: Path, kind: str):
     """The file through Hugging Face `datasets` (local, no network), any failure one clear line."""
     import datasets  # imported here: it is slow to import and only needed for loading
 
+    # No progress bar for a small local file; the user's own setting is restored afterwards, as
+    # datasets' switch is global.
+    bars_were_off = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
@@ -359,6 +362,9 @@ def _read_with_datasets(path: Path, kind: str):
         cause = err.__cause__ or err
         line = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
         raise ValueError(f"dataset {path} cannot be read: {line}") from None
+    finally:
+        if not bars_were_off:
+            datasets.enable_progress_bars()
     return ds["text"] if kind == "text" else ds
 
 

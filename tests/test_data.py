@@ -196,6 +196,23 @@ def test_load_split_reads_the_shipped_file_through_datasets(shipped):
         load_split("dev")
 
 
+@pytest.mark.parametrize("bars_off", [False, True])
+def test_loading_a_file_leaves_the_users_progress_bar_setting_alone(tmp_path, bars_off):
+    """minids silences datasets' progress bar while it reads a small file, and only then: the
+    switch is global to the process, so the user's own setting comes back either way."""
+    import datasets
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    was_off = datasets.are_progress_bars_disabled()
+    try:
+        (datasets.disable_progress_bars if bars_off else datasets.enable_progress_bars)()
+        assert load_local(path) == [{"task": "custom", "prompt": "1+1=", "answer": "2"}]
+        assert datasets.are_progress_bars_disabled() == bars_off
+    finally:
+        (datasets.disable_progress_bars if was_off else datasets.enable_progress_bars)()
+
+
 def test_without_the_repositorys_data_the_splits_are_regenerated_once_into_the_cache(
     tmp_path, monkeypatch
 ):
