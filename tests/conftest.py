@@ -109,6 +109,32 @@ def cfg() -> ModelConfig:
     )
 
 
+# A small DeepSeek-V3 in transformers' config fields (the parity tests build it): MLA with a compressed
+# query, 8 routed experts in 4 groups (top 2 groups), one dense layer first.
+HF_SMALL_V3 = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    moe_intermediate_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    n_shared_experts=1,
+    n_routed_experts=8,
+    routed_scaling_factor=2.5,
+    kv_lora_rank=16,
+    q_lora_rank=24,
+    qk_rope_head_dim=8,
+    v_head_dim=12,
+    qk_nope_head_dim=8,
+    num_experts_per_tok=2,
+    n_group=4,
+    topk_group=2,
+    first_k_dense_replace=1,
+    max_position_embeddings=256,
+)
+
+
 # The longest tests first (notebooks in smoke mode, then the benchmark scripts, then the graders):
 # the two xdist workers then share out the many short ones at the end, instead of one worker
 # starting a two-minute notebook when the other has nothing left to do.

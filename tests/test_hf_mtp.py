@@ -15,6 +15,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import HF_SMALL_V3
 from flax import nnx
 
 from minids.hf import load_hf_deepseek_v3
@@ -32,26 +33,8 @@ def checkpoint(tmp_path_factory):
     safetensors_torch = pytest.importorskip("safetensors.torch")
     folder = tmp_path_factory.mktemp("v3_mtp")
     config = transformers.DeepseekV3Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        moe_intermediate_size=16,
-        num_hidden_layers=L + 1,  # the last one becomes the MTP block
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        n_shared_experts=1,
-        n_routed_experts=8,
-        routed_scaling_factor=2.5,
-        kv_lora_rank=16,
-        q_lora_rank=24,
-        qk_rope_head_dim=8,
-        v_head_dim=12,
-        qk_nope_head_dim=8,
-        num_experts_per_tok=2,
-        n_group=4,
-        topk_group=2,
-        first_k_dense_replace=1,
-        max_position_embeddings=64,
+        # the last layer becomes the MTP block
+        **{**HF_SMALL_V3, "num_hidden_layers": L + 1, "max_position_embeddings": 64},
         rope_parameters={"rope_type": "default", "rope_theta": 500.0},
         attn_implementation="eager",
     )

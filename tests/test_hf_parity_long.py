@@ -12,35 +12,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import compiled
+from conftest import HF_SMALL_V3, compiled
 
 from minids import dsa
 from minids.config import YaRNConfig
 from minids.hf import config_from_hf, load_hf_deepseek
 
 ATOL = 1e-4
-SMALL = dict(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=48,
-    moe_intermediate_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    n_shared_experts=1,
-    n_routed_experts=8,
-    routed_scaling_factor=2.5,
-    kv_lora_rank=16,
-    q_lora_rank=24,
-    qk_rope_head_dim=8,
-    v_head_dim=12,
-    qk_nope_head_dim=8,
-    num_experts_per_tok=2,
-    n_group=4,
-    topk_group=2,
-    first_k_dense_replace=1,
-    max_position_embeddings=256,
-)
 
 
 def _yarn(factor=4.0, original=16, **extra):
@@ -96,7 +74,7 @@ YARN_CONFIGS = {
 @pytest.mark.parity
 @pytest.mark.parametrize("name", list(YARN_CONFIGS))
 def test_yarn_logits_equal_transformers_beyond_the_original_context(name, tmp_path):
-    fields = {**SMALL, "rope_parameters": YARN_CONFIGS[name]}
+    fields = {**HF_SMALL_V3, "rope_parameters": YARN_CONFIGS[name]}
     torch, reference = _save_hf("DeepseekV3ForCausalLM", fields, tmp_path)
     cfg, model = load_hf_deepseek(tmp_path)
     assert cfg.yarn is not None and cfg.yarn.original_max_position_embeddings == 16
@@ -127,7 +105,7 @@ V32_CONFIGS = {
 @pytest.mark.parity
 @pytest.mark.parametrize("name", list(V32_CONFIGS))
 def test_v32_sparse_logits_equal_transformers(name, tmp_path):
-    fields = {"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}, **SMALL}
+    fields = {"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}, **HF_SMALL_V3}
     fields.update(V32_CONFIGS[name])
     torch, reference = _save_hf("DeepseekV32ForCausalLM", fields, tmp_path)
     cfg, model = load_hf_deepseek(tmp_path)
@@ -142,7 +120,7 @@ def test_v32_sparse_logits_equal_transformers(name, tmp_path):
 
 # ----------------------------------------------------------------- config checks (no torch needed)
 
-V3_BASE = {**SMALL, "model_type": "deepseek_v3", "rope_theta": 10000.0}
+V3_BASE = {**HF_SMALL_V3, "model_type": "deepseek_v3", "rope_theta": 10000.0}
 
 
 def test_released_v3_rope_scaling_reads_as_yarn():
