@@ -13,7 +13,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import compiled
+from conftest import HF_SMALL_V3, compiled
 from flax import nnx
 
 from minids.hf import config_from_hf, load_hf_deepseek, load_hf_deepseek_v2, load_hf_deepseek_v3
@@ -81,25 +81,12 @@ def _hf_model(overrides: dict, folder, family: str = "v3"):
         "torch", reason="the parity extra is not installed: pip install 'minids[parity]'"
     )
     transformers = pytest.importorskip("transformers", reason="pip install 'minids[parity]'")
-    fields = dict(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        moe_intermediate_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        n_shared_experts=1,
-        n_routed_experts=8,
-        routed_scaling_factor=2.5,
-        kv_lora_rank=16,
-        qk_rope_head_dim=8,
-        v_head_dim=12,
-        qk_nope_head_dim=8,
-        num_experts_per_tok=2,
-        max_position_embeddings=64,
-        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
-    )
+    fields = {  # each architecture above sets its own query rank, groups and dense layers
+        **HF_SMALL_V3,
+        "num_hidden_layers": 3,
+        "max_position_embeddings": 64,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500.0},
+    }
     fields.update(overrides)
     if family == "v2":
         config = transformers.DeepseekV2Config(**fields)
@@ -191,31 +178,15 @@ def test_a_wrong_rope_pairing_would_be_caught(tmp_path):
 
 # ----------------------------------------------------------------- config checks (no torch needed)
 
-BASE = dict(
-    model_type="deepseek_v3",
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=48,
-    moe_intermediate_size=16,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    n_shared_experts=1,
-    n_routed_experts=8,
-    routed_scaling_factor=2.5,
-    kv_lora_rank=16,
-    q_lora_rank=24,
-    qk_rope_head_dim=8,
-    v_head_dim=8,
-    qk_nope_head_dim=8,
-    n_group=4,
-    topk_group=2,
-    num_experts_per_tok=2,
-    first_k_dense_replace=1,
-    max_position_embeddings=64,
-    rms_norm_eps=1e-6,
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-)
+BASE = {
+    **HF_SMALL_V3,
+    "model_type": "deepseek_v3",
+    "num_hidden_layers": 3,
+    "v_head_dim": 8,
+    "max_position_embeddings": 64,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+}
 
 
 def test_config_maps_every_field():
