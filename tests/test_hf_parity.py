@@ -111,26 +111,24 @@ def _hf_model(overrides: dict, folder, family: str = "v3"):
     return torch, model
 
 
+def _logits(torch, reference, model, tokens):
+    with torch.no_grad():
+        want = reference(torch.as_tensor(tokens)).logits.numpy()
+    return np.asarray(compiled()(model, jnp.asarray(tokens, jnp.int32))), want
+
+
 @pytest.mark.parity
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_logits_equal_the_transformers_model(name, tmp_path):
     torch, reference = _hf_model(CONFIGS[name], tmp_path)
     cfg, model = load_hf_deepseek_v3(tmp_path)
     tokens = np.random.default_rng(0).integers(0, 64, size=(2, 17))
-    with torch.no_grad():
-        want = reference(torch.as_tensor(tokens)).logits.numpy()
-    got = np.asarray(compiled()(model, jnp.asarray(tokens, jnp.int32)))
+    got, want = _logits(torch, reference, model, tokens)
     assert np.abs(got - want).max() <= ATOL, f"max |difference| {np.abs(got - want).max():.2e}"
     assert np.abs(want).max() > 1.0  # the comparison is not between two near-zero tensors
     # The routing is exercised: more than K experts get tokens, so the bias and the groups matter.
     assert cfg.moe is not None and cfg.attention == "mla"
     assert cfg.moe.renormalizes == CONFIGS[name].get("norm_topk_prob", True)
-
-
-def _logits(torch, reference, model, tokens):
-    with torch.no_grad():
-        want = reference(torch.as_tensor(tokens)).logits.numpy()
-    return np.asarray(compiled()(model, jnp.asarray(tokens, jnp.int32))), want
 
 
 @pytest.mark.parity
@@ -170,9 +168,7 @@ def test_a_wrong_rope_pairing_would_be_caught(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     _, model = load_hf_deepseek_v3(tmp_path)
     tokens = np.random.default_rng(0).integers(0, 64, size=(1, 17))
-    with torch.no_grad():
-        want = reference(torch.as_tensor(tokens)).logits.numpy()
-    got = np.asarray(compiled()(model, jnp.asarray(tokens, jnp.int32)))
+    got, want = _logits(torch, reference, model, tokens)
     assert np.abs(got - want).max() > 1e-2
 
 

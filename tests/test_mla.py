@@ -52,7 +52,6 @@ def _tokens(shape, seed=0):
 
 
 @nnx.jit
-@nnx.jit
 def _forward(model, tokens, positions):
     return model(tokens, positions)
 
